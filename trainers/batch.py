@@ -1,8 +1,17 @@
-"""Token sequences -> padded tensors, and the policy's logprobs on them.
+"""Token sequences -> tensors that share prompts, and the policy's logprobs on them.
 
-Sequences are left-padded so every response ends at the last column: the model then only
-needs logits for the last ``R + 1`` positions (``logits_to_keep``), which keeps memory at
-``B x R x V`` instead of ``B x L x V`` for long multi-turn prompts.
+GRPO plays G episodes of every task, so G sequences start with the very same prompt, and the
+prompt is most of the tokens (a system prompt, tool schemas, the question). A :class:`Batch`
+therefore stores each distinct prompt once and each sequence's response separately:
+
+1. the distinct prompts run through the model once (``[U, P]``, left-padded), which yields
+   their key/value cache and the logits of their last position;
+2. the cache is gathered to the ``B`` rows (``Cache.batch_select_indices``; rows of one prompt
+   share it) and the responses (``[B, R]``, right-padded) run on top of it.
+
+The gradient is the full-sequence gradient: the gather's backward sums each prompt's
+cache gradient over its rows, exactly what the G separate prompt forwards would have
+contributed. What it saves: the prompt's forward and backward run U times instead of B times.
 """
 
 from __future__ import annotations
@@ -16,59 +25,127 @@ import torch
 from agentgym.tokens import TokenSequence
 from agentgym.trainers.losses import entropy_from_logits, token_logprobs
 
-__all__ = ["Batch", "pack", "policy_logprobs"]
+__all__ = ["Batch", "ResponseOutputs", "pack", "policy_logprobs", "response_outputs"]
 
 
 @dataclass
 class Batch:
-    """Left-padded model input and right-aligned response tensors.
+    """Distinct prompts, and per-row responses that continue them.
 
     Attributes:
-        input_ids: ``[B, L]`` prompt + response tokens, left-padded.
-        attention_mask: ``[B, L]`` 1 on real tokens.
-        position_ids: ``[B, L]`` positions counting from each sequence's first real token.
-        targets: ``[B, R]`` the last R tokens of each row (its response, left-padded).
+        prompt_ids: ``[U, P]`` the distinct prompts, left-padded.
+        prompt_attention: ``[U, P]`` 1 on real prompt tokens.
+        prompt_of: ``[B]`` the prompt (row of ``prompt_ids``) each sequence continues.
+        targets: ``[B, R]`` each sequence's response tokens, right-padded.
+        response_attention: ``[B, R]`` 1 on real response tokens (policy and env alike).
         mask: ``[B, R]`` 1 on policy tokens (the loss mask), 0 on env tokens and padding.
         sampler_logp: ``[B, R]`` logprobs the sampling policy reported (0 where mask is 0).
-        advantages: ``[B]`` one advantage per sequence.
+        advantages: ``[B]`` one advantage (or episode score) per sequence.
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
+    prompt_ids: torch.Tensor
+    prompt_attention: torch.Tensor
+    prompt_of: torch.Tensor
     targets: torch.Tensor
+    response_attention: torch.Tensor
     mask: torch.Tensor
     sampler_logp: torch.Tensor
     advantages: torch.Tensor
 
     def __len__(self) -> int:
-        return self.input_ids.shape[0]
+        return self.targets.shape[0]
 
     def select(self, index: torch.Tensor | slice) -> Batch:
-        """Rows ``index`` of every tensor (a micro-batch)."""
-        return Batch(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+        """Rows ``index`` (a micro-batch), keeping only the prompts those rows continue."""
+        prompt_of = self.prompt_of[index]  # [b]
+        used, prompt_of = torch.unique(prompt_of, return_inverse=True)  # [u], [b]
+        width = int(self.prompt_attention[used].sum(dim=1).max())
+        return Batch(prompt_ids=self.prompt_ids[used][:, -width:],
+                     prompt_attention=self.prompt_attention[used][:, -width:],
+                     prompt_of=prompt_of, targets=self.targets[index],
+                     response_attention=self.response_attention[index], mask=self.mask[index],
+                     sampler_logp=self.sampler_logp[index], advantages=self.advantages[index])
 
 
 def pack(sequences: Sequence[TokenSequence], advantages: Sequence[float], pad_id: int) -> Batch:
-    """Stack sequences into a :class:`Batch` (left padding)."""
-    full = [list(s.prompt_ids) + list(s.response_ids) for s in sequences]
-    length = max(map(len, full))
-    resp = max(len(s.response_ids) for s in sequences)
-    batch_size = len(sequences)
-    input_ids = torch.full((batch_size, length), pad_id, dtype=torch.long)  # [B, L]
-    attention = torch.zeros((batch_size, length), dtype=torch.long)  # [B, L]
-    mask = torch.zeros((batch_size, resp))  # [B, R]
-    sampler = torch.zeros((batch_size, resp))  # [B, R]
-    for row, (ids, seq) in enumerate(zip(full, sequences, strict=True)):
-        input_ids[row, length - len(ids):] = torch.tensor(ids)
-        attention[row, length - len(ids):] = 1
+    """Stack sequences into a :class:`Batch`; equal prompts are stored once."""
+    distinct: dict[tuple[int, ...], int] = {}
+    prompt_of = [distinct.setdefault(tuple(s.prompt_ids), len(distinct)) for s in sequences]
+    width = max(map(len, distinct))
+    prompt_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)  # [U, P]
+    prompt_attention = torch.zeros((len(distinct), width), dtype=torch.long)  # [U, P]
+    for row, prompt in enumerate(distinct):
+        prompt_ids[row, width - len(prompt):] = torch.tensor(prompt)
+        prompt_attention[row, width - len(prompt):] = 1
+    resp, rows = max(len(s.response_ids) for s in sequences), len(sequences)
+    targets = torch.full((rows, resp), pad_id, dtype=torch.long)  # [B, R]
+    response_attention = torch.zeros((rows, resp), dtype=torch.long)  # [B, R]
+    mask = torch.zeros((rows, resp))  # [B, R]
+    sampler = torch.zeros((rows, resp))  # [B, R]
+    for row, seq in enumerate(sequences):
         n = len(seq.response_ids)
-        mask[row, resp - n:] = torch.tensor(seq.loss_mask, dtype=torch.float)
-        sampler[row, resp - n:] = torch.tensor(seq.logprobs, dtype=torch.float)
-    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)  # [B, L]
-    return Batch(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                 targets=input_ids[:, length - resp:], mask=mask, sampler_logp=sampler,
+        targets[row, :n] = torch.tensor(seq.response_ids)
+        response_attention[row, :n] = 1
+        mask[row, :n] = torch.tensor(seq.loss_mask, dtype=torch.float)
+        sampler[row, :n] = torch.tensor(seq.logprobs, dtype=torch.float)
+    return Batch(prompt_ids=prompt_ids, prompt_attention=prompt_attention,
+                 prompt_of=torch.tensor(prompt_of), targets=targets,
+                 response_attention=response_attention, mask=mask, sampler_logp=sampler,
                  advantages=torch.tensor(list(advantages), dtype=torch.float))
+
+
+@dataclass
+class ResponseOutputs:
+    """What the model says about every response position.
+
+    Attributes:
+        logits: ``[B, R, V]`` the logits that predict each response token.
+        hidden: ``[B, R, H]`` the final hidden states those logits come from (for a value
+            head), or None when not asked for.
+    """
+
+    logits: torch.Tensor
+    hidden: torch.Tensor | None
+
+
+class _CatchHidden:
+    """Forward hook on the output embedding that keeps the hidden states it receives."""
+
+    def __init__(self, model: Any):
+        self.states: list[torch.Tensor] = []
+        self.handle = model.get_output_embeddings().register_forward_hook(self)
+
+    def __call__(self, module: Any, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
+        self.states.append(inputs[0])
+
+
+def response_outputs(model: Any, batch: Batch, with_hidden: bool = False) -> ResponseOutputs:
+    """Logits (and hidden states) predicting every response token: prompts once, then rows."""
+    catcher = _CatchHidden(model) if with_hidden else None
+    try:
+        prompt_positions = (batch.prompt_attention.cumsum(dim=1) - 1).clamp(min=0)  # [U, P]
+        prompt = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_attention,
+                       position_ids=prompt_positions, logits_to_keep=1, use_cache=True)
+        cache = prompt.past_key_values
+        cache.batch_select_indices(batch.prompt_of)  # [U, ...] -> [B, ...], differentiable
+        attention = torch.cat([batch.prompt_attention[batch.prompt_of],
+                               batch.response_attention], dim=1)  # [B, P + R]
+        lengths = batch.prompt_attention.sum(dim=1)[batch.prompt_of]  # [B]
+        resp = batch.targets.shape[1]
+        positions = lengths[:, None] + torch.arange(resp)  # [B, R]
+        out = model(input_ids=batch.targets, attention_mask=attention, position_ids=positions,
+                    past_key_values=cache, use_cache=False)
+    finally:
+        if catcher is not None:
+            catcher.handle.remove()
+    first = prompt.logits[batch.prompt_of, -1:]  # [B, 1, V]: predicts response token 0
+    logits = torch.cat([first, out.logits[:, :-1]], dim=1)  # [B, R, V]
+    hidden = None
+    if catcher is not None:
+        prompt_hidden, response_hidden = catcher.states
+        hidden = torch.cat([prompt_hidden[batch.prompt_of, -1:], response_hidden[:, :-1]],
+                           dim=1)  # [B, R, H]
+    return ResponseOutputs(logits=logits, hidden=hidden)
 
 
 def policy_logprobs(model: Any, batch: Batch, temperature: float,
@@ -78,10 +155,7 @@ def policy_logprobs(model: Any, batch: Batch, temperature: float,
     Logits are divided by the sampling temperature so the numbers are comparable with the
     sampler's "processed" logprobs.
     """
-    resp = batch.targets.shape[1]
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, logits_to_keep=resp + 1, use_cache=False)
-    logits = out.logits[:, :-1]  # [B, R, V]: position i predicts token i + 1
+    logits = response_outputs(model, batch).logits  # [B, R, V]
     logp = token_logprobs(logits, batch.targets, temperature)  # [B, R]
     entropy = None
     if with_entropy:

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from agentgym.rollout import Group, RolloutEngine
-from agentgym.trainers.batch import Batch, pack, policy_logprobs
+from agentgym.trainers.batch import Batch, pack, response_outputs
 from agentgym.trainers.common import (
     Progress,
     TrainerConfig,
@@ -77,6 +77,7 @@ from agentgym.trainers.losses import (
     entropy_from_logits,
     gae,
     masked_mean,
+    token_logprobs,
     value_loss,
 )
 from agentgym.trainers.models import load_model, load_weights
@@ -172,24 +173,14 @@ def forward(model: Any, value_head: torch.nn.Module, batch: Batch, temperature: 
             entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logprobs, values, entropies), each ``[B, R]``, from one forward pass.
 
-    A forward hook on the output embedding (``lm_head``; found through ``peft`` wrappers too)
-    catches the final hidden states it receives, already cut to the last ``R + 1`` positions by
-    ``logits_to_keep``: the state that predicts response token t also gives ``V(s_t)``.
-    ``entropy_grad`` keeps the entropy differentiable (for an entropy bonus).
+    The hidden state that predicts response token t also gives ``V(s_t)``. ``entropy_grad``
+    keeps the entropy differentiable (for an entropy bonus).
     """
-    caught: dict[str, torch.Tensor] = {}
-
-    def catch(module: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        caught["hidden"], caught["logits"] = inputs[0], output
-
-    handle = model.get_output_embeddings().register_forward_hook(catch)
-    try:
-        logp, entropy = policy_logprobs(model, batch, temperature, not entropy_grad)
-    finally:
-        handle.remove()
-    values = value_head(caught["hidden"][:, :-1]).squeeze(-1).float()  # [B, R]
-    if entropy is None:  # entropy_grad: the same entropies, with their graph
-        entropy = entropy_from_logits(caught["logits"][:, :-1], temperature)  # [B, R]
+    out = response_outputs(model, batch, with_hidden=True)
+    logp = token_logprobs(out.logits, batch.targets, temperature)  # [B, R]
+    values = value_head(out.hidden).squeeze(-1).float()  # [B, R]
+    with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+        entropy = entropy_from_logits(out.logits, temperature)  # [B, R]
     return logp, values, entropy
 
 

@@ -62,6 +62,33 @@ async def test_n_samples_with_seeds_are_distinct_and_reproducible(engine: HFEngi
     assert [c.completion_token_ids for c in again] == [c.completion_token_ids for c in first]
 
 
+async def test_rows_sharing_a_prompt_prefill_it_once_and_sample_as_if_alone(
+        engine: HFEngine, hf_model: Any) -> None:
+    prefill_rows: list[int] = []
+
+    def count_prefills(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        if kwargs.get("past_key_values") is None:  # generate always passes its own cache
+            prefill_rows.append(kwargs["input_ids"].shape[0])
+
+    chat = [{"role": "user", "content": "Tell me a one-line story about a cat."}]
+    sampling = SamplingParams(n=4, temperature=1.0, max_tokens=12, seed=11)
+    other = [{"role": "user", "content": "x"}]
+    hook = hf_model.register_forward_pre_hook(count_prefills, with_kwargs=True)
+    shared, [single] = await asyncio.gather(
+        engine.generate(chat, None, sampling),
+        engine.generate(other, None, SamplingParams(max_tokens=4, seed=1)))
+    hook.remove()
+    assert prefill_rows == [2]  # two distinct prompts, five rows
+    for k, c in enumerate(shared):
+        [alone] = await engine.generate(chat, None, SamplingParams(
+            temperature=1.0, max_tokens=12, seed=11 + k))
+        assert c.completion_token_ids == alone.completion_token_ids
+        assert c.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+    expected = teacher_forced_logprobs(hf_model, list(single.prompt_token_ids),
+                                       list(single.completion_token_ids))
+    assert list(single.logprobs) == pytest.approx(expected, abs=2e-3)
+
+
 async def test_top_p_logprobs_are_renormalised(engine: HFEngine) -> None:
     chat = [{"role": "user", "content": "Name a colour."}]
     [c] = await engine.generate(chat, None, SamplingParams(temperature=0.7, top_p=0.5,
