@@ -84,7 +84,15 @@ class Completion:
 
 @runtime_checkable
 class Policy(Protocol):
-    """Anything that turns a chat into completions."""
+    """Anything that turns a chat into completions.
+
+    Token-level continuation is optional: a policy whose class sets ``accepts_prefix_ids =
+    True`` takes ``generate(..., prefix_ids=ids)``, where ``ids`` are the previous turn's prompt
+    and completion token ids and stand for the chat up to its last assistant message. The
+    rollout engine passes them on every later turn of an episode, so the policy continues from
+    the tokens it sampled instead of re-tokenizing its own text (see
+    :mod:`agentgym.policies.chat_tokens`).
+    """
 
     async def generate(self, messages: Sequence[Mapping[str, Any]],
                        tools: Sequence[Mapping[str, Any]] | None,

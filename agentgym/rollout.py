@@ -208,16 +208,23 @@ class RolloutEngine:
                      sampling: SamplingParams, started: list[bool]) -> Trajectory:
         obs, info = await env.areset(options=options)
         started[0] = True
+        continues = getattr(self.policy, "accepts_prefix_ids", False)
+        prefix: dict[str, tuple[int, ...]] = {}
         while True:
             try:
                 async with asyncio.timeout(self.config.turn_timeout_s):
-                    completions = await self.policy.generate(obs, info["tools"], sampling)
+                    completions = await self.policy.generate(obs, info["tools"], sampling,
+                                                             **prefix)
             except TimeoutError as exc:
                 if isinstance(exc, AgentGymError):
                     raise
                 raise EpisodeTimeoutError(
                     f"policy turn exceeded {self.config.turn_timeout_s}s") from None
-            obs, _, terminated, truncated, info = await env.astep(completions[0].to_action())
+            completion = completions[0]
+            if continues and completion.prompt_token_ids and completion.completion_token_ids:
+                prefix = {"prefix_ids": completion.prompt_token_ids
+                          + completion.completion_token_ids}
+            obs, _, terminated, truncated, info = await env.astep(completion.to_action())
             if terminated or truncated:
                 trajectory = env.trajectory()
                 assert trajectory is not None

@@ -43,7 +43,7 @@ def naive_throughput(model: Any, tokenizer: Any, chats: list[Any], max_tokens: i
     """Tokens/s of a one-request-at-a-time ``generate`` loop that also returns logprobs."""
     import torch
 
-    from agentgym.policies.hf_engine import render_prompt
+    from agentgym.policies.chat_tokens import render_prompt
 
     tokens, started = 0, time.perf_counter()
     for chat in chats:

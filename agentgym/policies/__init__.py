@@ -8,13 +8,16 @@
 * :class:`LoRASync`, :class:`FullWeightSync`, :class:`SharedWeightSync`: weight sync with a
   deadline on every step.
 * :func:`prepare_model`: GGUF -> cached safetensors folder with the tool-aware chat template.
+* :func:`render_prompt`, :func:`continue_prompt`: chat -> prompt ids, whole or continuing the
+  previous turn's token ids.
 * :func:`check_extends`: catches chat templates that rewrite earlier turns.
 
 Importing this package is cheap: torch, transformers and vllm load only when an engine starts.
 """
 
+from agentgym.policies.chat_tokens import continue_prompt, render_prompt
 from agentgym.policies.drift import check_extends
-from agentgym.policies.hf_engine import HFEngine, render_prompt
+from agentgym.policies.hf_engine import HFEngine
 from agentgym.policies.model_prep import chat_template_path, default_model_path, prepare_model
 from agentgym.policies.openai_client import OpenAIPolicy
 from agentgym.policies.serve import make_policy, serve
@@ -37,6 +40,7 @@ __all__ = [
     "WeightSync",
     "chat_template_path",
     "check_extends",
+    "continue_prompt",
     "default_model_path",
     "make_policy",
     "prepare_model",

@@ -34,23 +34,12 @@ from typing import Any
 
 from agentgym.errors import PolicyError
 from agentgym.parsing import parse_text_tool_calls
+from agentgym.policies.chat_tokens import continue_prompt, render_prompt
 from agentgym.policy import Completion, SamplingParams
 
-__all__ = ["HFEngine", "render_prompt"]
+__all__ = ["HFEngine"]
 
 logger = logging.getLogger(__name__)
-
-
-def render_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]],
-                  tools: Sequence[Mapping[str, Any]] | None) -> list[int]:
-    """Token ids of the chat prompt, rendered by the tokenizer's chat template.
-
-    Rendered to text first and tokenized without extra special tokens, the way vLLM's chat
-    endpoint does it, so both engines condition on the same ids.
-    """
-    text = tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None,
-                                         add_generation_prompt=True, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 @contextlib.contextmanager
@@ -164,10 +153,19 @@ class HFEngine:
 
     # --- the protocol ----------------------------------------------------------------------
 
+    accepts_prefix_ids = True
+    """:meth:`generate` continues a chat from the token ids of its previous turn."""
+
     async def generate(self, messages: Sequence[Mapping[str, Any]],
                        tools: Sequence[Mapping[str, Any]] | None,
-                       sampling: SamplingParams) -> list[Completion]:
+                       sampling: SamplingParams, *,
+                       prefix_ids: Sequence[int] | None = None) -> list[Completion]:
         """Sample ``sampling.n`` completions; concurrent calls are batched together.
+
+        ``prefix_ids`` (the previous turn's prompt and completion ids) stands for the chat up
+        to its last assistant message: the prompt is those ids plus the rendered new messages
+        (:func:`~agentgym.policies.chat_tokens.continue_prompt`), so the model continues from
+        what it sampled rather than from a re-tokenization of its text.
 
         Raises:
             PolicyError: the engine is closed, the prompt does not fit, or generation failed.
@@ -175,7 +173,12 @@ class HFEngine:
         if self._closed:
             raise PolicyError("the embedded engine is closed")
         try:
-            prompt_ids = render_prompt(self.tokenizer, messages, tools)
+            prompt_ids = None
+            if prefix_ids:
+                prompt_ids = continue_prompt(self.tokenizer, messages, tools, prefix_ids,
+                                             self._eos_ids)
+            if prompt_ids is None:
+                prompt_ids = render_prompt(self.tokenizer, messages, tools)
         except Exception as exc:  # a template error is a caller/infra problem, typed here
             raise PolicyError(f"chat template failed: {exc}") from exc
         limit = getattr(getattr(self._model, "config", None), "max_position_embeddings", None)

@@ -218,3 +218,31 @@ async def test_text_only_policies_cannot_be_trained_on():
         build_token_sequence(env.trajectory())
     assert math.isfinite(env.trajectory().reward)
     assert byte_tokens("a") == (97,)
+
+
+class ContinuingPolicy(FakePolicy):
+    """A FakePolicy that declares token continuation and records the prefixes it is given."""
+
+    accepts_prefix_ids = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prefixes = []
+
+    async def generate(self, messages, tools, sampling, *, prefix_ids=None):
+        self.prefixes.append(prefix_ids)
+        return await super().generate(messages, tools, sampling)
+
+
+async def test_later_turns_get_the_previous_turns_token_ids_when_the_policy_takes_them():
+    policy = ContinuingPolicy(responder=solver)
+    engine = RolloutEngine(ToyEnv, policy, RolloutConfig(group_size=1))
+    [group] = await engine.run_groups(["sum-train-1"])
+    first = group.trajectories[0].turns[0]
+    assert policy.prefixes == [None, first.prompt_token_ids + first.completion_token_ids]
+    # A policy without the flag is called with the plain protocol (FakePolicy takes no prefix).
+    plain_engine = RolloutEngine(ToyEnv, FakePolicy(responder=solver), RolloutConfig(group_size=1))
+    [plain] = await plain_engine.run_groups(["sum-train-1"])
+    assert len(plain.trajectories[0].turns) == 2
+    await engine.aclose()
+    await plain_engine.aclose()

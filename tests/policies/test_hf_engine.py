@@ -10,7 +10,8 @@ import pytest
 from _policy_helpers import FEW_SHOT_TOOL_CHAT, TOOLS, teacher_forced_logprobs
 
 from agentgym.errors import PolicyError
-from agentgym.policies.hf_engine import HFEngine, render_prompt
+from agentgym.policies.chat_tokens import render_prompt
+from agentgym.policies.hf_engine import HFEngine
 from agentgym.policies.weight_sync import SharedWeightSync
 from agentgym.policy import Completion, Policy, SamplingParams
 
@@ -180,6 +181,21 @@ def test_to_action_round_trips_into_the_next_prompt(tokenizer: Any) -> None:
     chat = [*FEW_SHOT_TOOL_CHAT, completion.to_action(),
             {"role": "tool", "tool_call_id": "x", "content": "12"}]
     check_extends(prompt + ids, render_prompt(tokenizer, chat, TOOLS))
+
+
+async def test_a_later_turn_continues_from_the_sampled_tokens(engine: HFEngine,
+                                                             tokenizer: Any) -> None:
+    sampling = SamplingParams(temperature=0, max_tokens=48)
+    [call] = await engine.generate(FEW_SHOT_TOOL_CHAT, TOOLS, sampling)
+    assert call.finish_reason == "tool_calls"
+    chat = [*FEW_SHOT_TOOL_CHAT, call.to_action(),
+            {"role": "tool", "tool_call_id": "x", "content": "12"}]
+    sampled = call.prompt_token_ids + call.completion_token_ids
+    [answer] = await engine.generate(chat, TOOLS, sampling, prefix_ids=sampled)
+    assert answer.prompt_token_ids[:len(sampled)] == sampled
+    assert tokenizer.decode(answer.prompt_token_ids) == tokenizer.decode(
+        render_prompt(tokenizer, chat, TOOLS))
+    assert answer.completion_token_ids
 
 
 async def test_generation_runs_in_eval_mode_and_restores_train_mode(

@@ -18,8 +18,8 @@ import pytest
 from _policy_helpers import FEW_SHOT_TOOL_CHAT, TOOLS, teacher_forced_logprobs
 
 from agentgym.errors import SyncTimeoutError
+from agentgym.policies.chat_tokens import render_prompt
 from agentgym.policies.drift import check_extends
-from agentgym.policies.hf_engine import render_prompt
 from agentgym.policies.openai_client import OpenAIPolicy
 from agentgym.policies.weight_sync import FullWeightSync, LoRASync
 from agentgym.policy import SamplingParams
