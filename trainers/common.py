@@ -74,6 +74,10 @@ class TrainerConfig:
     """Checkpoint every this many steps (and at the end)."""
     log_samples: int = 2
     """Trajectories written to samples.jsonl per step."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Trackers that mirror metrics.jsonl: ``"tensorboard"``, ``"wandb"`` (see trackers.py)."""
+    wandb_project: str = "agentgym"
+    """W&B project when ``report_to`` has ``"wandb"``."""
     vllm_kv_cache_gib: float = 2.0
     """KV cache of the local vLLM server (engine ``"vllm"``)."""
 

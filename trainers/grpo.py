@@ -254,6 +254,7 @@ async def train_async(config: GRPOConfig, resume: str | Path | None = None) -> P
         run.truncate_to(start)
         logger.info("resumed %s at step %d", run.path, start)
     run.write_config(config_to_dict(config))
+    run.open_trackers(config.report_to, config_to_dict(config), start if resume else None)
     policy, sync, closer = await make_policy(config, model, tokenizer, run.path)
     engine = make_rollout_engine(config, policy)
     task_ids = [t.id for t in engine.tasks]

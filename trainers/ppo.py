@@ -339,6 +339,7 @@ async def train_async(config: PPOConfig, resume: str | Path | None = None) -> Pa
     """Run PPO; returns the run folder. ``resume`` continues a run folder exactly."""
     s, start = open_session(config, resume)
     s.run.write_config(config_to_dict(config))
+    s.run.open_trackers(config.report_to, config_to_dict(config), start if resume else None)
     s.policy, s.sync, closer = await make_policy(config, s.model, s.tokenizer, s.run.path)
     s.engine = make_rollout_engine(config, s.policy)
     s.task_ids = [t.id for t in s.engine.tasks]

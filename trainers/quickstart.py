@@ -71,7 +71,7 @@ def _trained_engine(run_dir: Path, config: Any) -> Any:
                                   lora_alpha=config.lora_alpha, lora_dropout=0.0,
                                   lora_target_modules=config.lora_target_modules,
                                   seed=config.seed)
-    latest = RunDir(run_dir, tensorboard=False).checkpoints()[-1]
+    latest = RunDir(run_dir).checkpoints()[-1]
     load_weights(model, latest / "model", config.lora)
     model.eval()
     return HFEngine(model, tokenizer, max_batch_size=16)

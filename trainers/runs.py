@@ -6,7 +6,7 @@
       config.yaml            the resolved config
       metrics.jsonl          one row per step
       samples.jsonl          a few trajectories per step (agentgym trajectory JSONL)
-      events.out.tfevents.*  TensorBoard (when tensorboard is installed)
+      events.out.tfevents.*  TensorBoard (``report_to``; see trackers.py), wandb/ likewise
       checkpoints/step_N/    model or adapter, optimizer.pt, scheduler.pt, rng.pt, state.json
                              (+ <name>.pt per extra state, e.g. PPO's value_head.pt)
 
@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from agentgym.trainers.trackers import Tracker, open_trackers, scalars_of
 from agentgym.trajectory_io import to_json
 from agentgym.types import Trajectory
 
@@ -41,33 +43,27 @@ class RunDir:
 
     Args:
         path: the folder (created if missing).
-        tensorboard: write TensorBoard events if the package is installed.
     """
 
-    def __init__(self, path: str | Path, tensorboard: bool = True):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._tb: Any = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self._trackers: list[Tracker] = []
 
-                self._tb = SummaryWriter(str(self.path))
-            except ImportError:
-                logger.info("tensorboard not installed: metrics go to metrics.jsonl only")
+    def open_trackers(self, report_to: Sequence[str], config: dict[str, Any],
+                      resume_step: int | None = None) -> None:
+        """Mirror metrics to the trackers named in ``report_to`` from now on."""
+        self._trackers = open_trackers(report_to, self.path, config, resume_step)
 
     def write_config(self, config: dict[str, Any]) -> None:
         (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     def log_metrics(self, row: dict[str, Any]) -> None:
-        """Append one step's metrics (and mirror scalars to TensorBoard)."""
+        """Append one step's metrics (and mirror its scalars to the trackers)."""
         with (self.path / "metrics.jsonl").open("a") as file:
             file.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            for key, value in row.items():
-                if isinstance(value, int | float) and key != "step":
-                    self._tb.add_scalar(key, value, row["step"])
-            self._tb.flush()
+        for tracker in self._trackers:
+            tracker.log(scalars_of(row), int(row["step"]))
 
     def log_samples(self, step: int, trajectories: list[Trajectory]) -> None:
         with (self.path / "samples.jsonl").open("a") as file:
@@ -147,5 +143,7 @@ class RunDir:
         return step, latest / "model"
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        """Close the trackers (the files need no closing)."""
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []

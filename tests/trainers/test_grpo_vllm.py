@@ -36,7 +36,7 @@ def test_grpo_step_with_vllm_changes_the_served_policy(tmp_path):
                                   lora_dropout=0.0, lora_target_modules=config.lora_target_modules,
                                   seed=0)
     optimizer, scheduler = make_optimizer(model, config.learning_rate, 0.0, 0)
-    run = RunDir(tmp_path / "run", tensorboard=False)
+    run = RunDir(tmp_path / "run")
     probe = [{"role": "user", "content": "Repeat the digit 7."}]
     greedy = SamplingParams(temperature=0.0, max_tokens=12)
 
