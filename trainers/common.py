@@ -163,7 +163,7 @@ async def make_policy(config: Any, model: Any, tokenizer: Any,
         None if config.model == "smollm2" else config.model), max_lora_rank=config.lora_r,
         kv_cache_gib=config.vllm_kv_cache_gib))
     await server.start()
-    policy = OpenAIPolicy(server.base_url, "policy", max_concurrency=32)
+    policy = OpenAIPolicy(server.base_url, "policy", max_concurrency=32, tokenizer=tokenizer)
     sync = LoRASync(server.url, policy, run_path / "adapters", server=server)
     await sync.push(model, 0)
 

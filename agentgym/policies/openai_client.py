@@ -19,6 +19,12 @@ ignore or reject those extras: set ``vllm_extras=False`` for them and the token 
 completions stay empty. Tool calls are read from native ``tool_calls`` (vLLM's hermes parser,
 hosted APIs) or, failing that, from Hermes ``<tool_call>`` text. Against vLLM the default is the
 latter (``raw_tool_text``): the server leaves the text alone, so it matches the token ids.
+
+Given the served model's tokenizer (``tokenizer=``, what the trainer does), later turns of an
+episode continue from token ids (``generate(..., prefix_ids=...)``, see
+:mod:`agentgym.policies.chat_tokens`): the client builds the prompt ids itself and sends them to
+vLLM's ``POST {base_url}/completions`` (``prompt`` as a list of ids), parsing tool calls from
+the returned text.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from typing import Any
 import httpx
 
 from agentgym.errors import PolicyConnectionError, PolicyError, PolicyHTTPError
-from agentgym.parsing import parse_assistant_message
+from agentgym.parsing import parse_assistant_message, parse_text_tool_calls
+from agentgym.policies.chat_tokens import continue_prompt
 from agentgym.policy import Completion, SamplingParams
 
 __all__ = ["OpenAIPolicy", "clean_messages"]
@@ -67,6 +74,8 @@ class OpenAIPolicy:
             means "when ``vllm_extras`` is on" (training against vLLM); hosted endpoints need
             it off, or they would not call tools at all.
         weight_version: recorded on completions until :meth:`set_model` changes it.
+        tokenizer: the served model's tokenizer; with ``vllm_extras`` it enables token
+            continuation (``prefix_ids``).
         transport: an httpx transport to use instead of the network (tests, proxies).
     """
 
@@ -74,7 +83,7 @@ class OpenAIPolicy:
                  max_concurrency: int = 64, timeout: float = 120.0, max_retries: int = 3,
                  backoff_s: float = 0.5, vllm_extras: bool = True,
                  raw_tool_text: bool | None = None,
-                 weight_version: str | int | None = None,
+                 weight_version: str | int | None = None, tokenizer: Any | None = None,
                  transport: httpx.AsyncBaseTransport | None = None):
         if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("max_concurrency >= 1, max_retries >= 0 and timeout > 0 required")
@@ -85,6 +94,7 @@ class OpenAIPolicy:
         self.backoff_s = backoff_s
         self.vllm_extras = vllm_extras
         self.raw_tool_text = vllm_extras if raw_tool_text is None else raw_tool_text
+        self.tokenizer = tokenizer
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         limits = httpx.Limits(max_connections=max_concurrency,
                               max_keepalive_connections=max_concurrency)
@@ -101,23 +111,40 @@ class OpenAIPolicy:
 
     # --- the protocol ----------------------------------------------------------------------
 
+    @property
+    def accepts_prefix_ids(self) -> bool:
+        """Token continuation needs the tokenizer and vLLM's token-level extras."""
+        return self.tokenizer is not None and self.vllm_extras
+
     async def generate(self, messages: Sequence[Mapping[str, Any]],
                        tools: Sequence[Mapping[str, Any]] | None,
-                       sampling: SamplingParams) -> list[Completion]:
+                       sampling: SamplingParams, *,
+                       prefix_ids: Sequence[int] | None = None) -> list[Completion]:
         """Sample ``sampling.n`` completions from the endpoint.
+
+        ``prefix_ids`` (the previous turn's prompt and completion ids; used when
+        :attr:`accepts_prefix_ids`) continues the chat from those tokens.
 
         Raises:
             PolicyConnectionError: the server could not be reached within the retries.
             PolicyHTTPError: it answered non-2xx (4xx at once, 5xx after the retries).
-            PolicyError: the answer was not an OpenAI chat completion.
+            PolicyError: the answer was not an OpenAI (chat) completion.
         """
         model, version = self.model, self.weight_version  # snapshot: a sync may switch them
-        body = self._request_body(messages, tools, sampling, model)
-        data = await self.post_json("/chat/completions", body)
+        prompt_ids = None
+        if prefix_ids and self.accepts_prefix_ids:
+            eos = {self.tokenizer.eos_token_id}
+            prompt_ids = continue_prompt(self.tokenizer, messages, tools, prefix_ids, eos)
         try:
-            return self._parse_response(data, version)
+            if prompt_ids is None:
+                data = await self.post_json("/chat/completions",
+                                            self._request_body(messages, tools, sampling, model))
+                return self._parse_response(data, version)
+            data = await self.post_json("/completions",
+                                        self._token_request_body(prompt_ids, sampling, model))
+            return self._parse_token_response(data, prompt_ids, version)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise PolicyError(f"malformed chat completion from {self.base_url}: {exc!r}") from exc
+            raise PolicyError(f"malformed completion from {self.base_url}: {exc!r}") from exc
 
     async def aclose(self) -> None:
         """Close the connection pool (idempotent)."""
@@ -192,6 +219,37 @@ class OpenAIPolicy:
             body["logprobs"] = True
             body["return_token_ids"] = True
         return body
+
+    def _token_request_body(self, prompt_ids: Sequence[int], sampling: SamplingParams,
+                            model: str) -> dict[str, Any]:
+        """A vLLM ``/completions`` request on prompt token ids, with token-level answers."""
+        body: dict[str, Any] = {
+            "model": model, "prompt": list(prompt_ids), "n": sampling.n,
+            "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens, "logprobs": 0, "return_token_ids": True,
+        }
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        return body
+
+    def _parse_token_response(self, data: Mapping[str, Any], prompt_ids: Sequence[int],
+                              version: str | int | None) -> list[Completion]:
+        completions = []
+        for choice in sorted(data["choices"], key=lambda c: c.get("index", 0)):
+            text = choice.get("text") or ""
+            calls = parse_text_tool_calls(text).tool_calls
+            logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
+            finish = choice.get("finish_reason") or "stop"
+            if finish == "stop" and calls:
+                finish = "tool_calls"
+            completions.append(Completion(
+                text=text, tool_calls=calls, finish_reason=finish,
+                prompt_token_ids=tuple(prompt_ids),
+                completion_token_ids=tuple(choice.get("token_ids") or ()),
+                logprobs=tuple(float(lp) for lp in logprobs), weight_version=version))
+        return completions
 
     def _parse_response(self, data: Mapping[str, Any],
                         version: str | int | None) -> list[Completion]:

@@ -98,6 +98,38 @@ async def test_raw_tool_text_keeps_tokens_and_next_prompt_aligned(
     check_extends(list(c.prompt_token_ids) + ids, list(nxt.prompt_token_ids))
 
 
+async def test_later_turns_continue_from_token_ids_through_the_completions_endpoint(
+        vllm_server: Any, tokenizer: Any, hf_model: Any) -> None:
+    policy = OpenAIPolicy(vllm_server.base_url, "smollm2", timeout=120, tokenizer=tokenizer)
+    try:
+        assert policy.accepts_prefix_ids
+        [call] = await policy.generate(FEW_SHOT_TOOL_CHAT, TOOLS,
+                                       SamplingParams(temperature=0, max_tokens=48))
+        chat = [*FEW_SHOT_TOOL_CHAT, call.to_action(),
+                {"role": "tool", "tool_call_id": call.tool_calls[0].id, "content": "12"}]
+        sampled = call.prompt_token_ids + call.completion_token_ids
+        paths, post_json = [], policy.post_json
+
+        async def recording(path: str, body: Any, **kwargs: Any) -> Any:
+            paths.append(path)
+            return await post_json(path, body, **kwargs)
+
+        policy.post_json = recording  # type: ignore[method-assign]
+        answers = await policy.generate(chat, TOOLS, SamplingParams(
+            n=2, temperature=1.0, max_tokens=16, seed=3), prefix_ids=sampled)
+    finally:
+        await policy.aclose()
+    assert paths == ["/completions"]
+    for answer in answers:
+        assert answer.prompt_token_ids[:len(sampled)] == sampled
+        assert tokenizer.decode(answer.prompt_token_ids) == tokenizer.decode(
+            render_prompt(tokenizer, chat, TOOLS))
+        ids = list(answer.completion_token_ids)
+        assert len(ids) == len(answer.logprobs) > 0
+        expected = teacher_forced_logprobs(hf_model, list(answer.prompt_token_ids), ids)
+        assert answer.logprobs == pytest.approx(expected, abs=5e-2)
+
+
 async def test_lora_hot_load_changes_outputs_and_is_versioned(
         vllm_server: Any, client: OpenAIPolicy, lora_model: Any, tmp_path: Path) -> None:
     [before] = await client.generate(HI, None, GREEDY)
