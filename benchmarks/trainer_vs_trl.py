@@ -54,6 +54,12 @@ every barrier while their partner is descheduled: the same 8 x 32-token ``genera
 noise. With one thread the same call costs ~4 CPU-s every time. On an idle machine, pass
 ``--threads 2``.
 
+Where ours is faster: the G completions of a prompt share it. Our engine prefills each
+distinct prompt once and gathers its key/value cache to the G rows; our trainer runs each
+distinct prompt once per micro-batch and the G responses on its cache (the same gradient; see
+``trainers/batch.py``). TRL repeats the prompt G times in both. The prompt here (~63 tokens)
+is twice the completion, so this is most of the difference.
+
 Unavoidable differences:
 
 * the samples differ (each side draws its own tokens), so completion lengths differ a little;
