@@ -118,6 +118,6 @@ class SandboxConfig:
             "idle_timeout_s": self.idle_timeout_s,
             "max_file_bytes": self.max_file_bytes,
             "work_dir": "/work",
-            "wipe_dirs": ["/work", "/tmp", "/dev/shm"],
+            "wipe_dirs": ["/work", "/tmp", "/dev/shm", "/dev/mqueue"],
             "env": dict(self.env),
         }

@@ -72,7 +72,7 @@ CFG = {
     "idle_timeout_s": 3600.0,  # exit (and so remove the container) after this long without work
     "max_file_bytes": 8 * 2**20,  # read/write size cap
     "work_dir": "/work",
-    "wipe_dirs": ["/work", "/tmp", "/dev/shm"],
+    "wipe_dirs": ["/work", "/tmp", "/dev/shm", "/dev/mqueue"],
     "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/work", "LANG": "C.UTF-8"},
 }
 

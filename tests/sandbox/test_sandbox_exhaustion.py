@@ -125,3 +125,21 @@ for fd in fds:
     n, errno = r.stdout.split()
     assert int(n) < config.max_open_files and errno == "24"  # EMFILE
     await _still_works(sb)
+
+
+async def test_ipc_objects_do_not_survive_reset(sb) -> None:
+    """System V segments and POSIX message queues outlive processes: reset removes them."""
+    code = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+print(libc.mq_open(b"/leak", os.O_CREAT | os.O_RDWR, 0o600, None) >= 0,
+      libc.shmget(0, 4096, 0o1000 | 0o600) >= 0)
+"""
+    r = await sb.run_python(code)
+    assert r.stdout.split() == ["True", "True"], r
+    listing = "ls /dev/mqueue; tail -n +2 /proc/sysvipc/shm | wc -l"
+    r = await sb.run_shell(listing)
+    assert r.stdout.split() == ["leak", "1"], r
+    await sb.reset()
+    r = await sb.run_shell(listing)
+    assert r.stdout.split() == ["0"], r
