@@ -27,6 +27,11 @@ Deviations from the paper, each a known improvement and each a config switch:
   them) but masked out of the loss;
 * groups whose G rewards are all equal have zero advantage and are skipped (logged as
   ``zero_variance_groups``); groups with an infra failure are dropped (``dropped_groups``).
+
+Implementation, not a deviation: the G sequences of a group share their prompt, which the
+forward pass runs once per micro-batch (its key/value cache feeds the G responses; the
+gradient is unchanged, see ``trainers/batch.py``), so keep ``micro_batch_size`` a multiple
+of ``num_generations``.
 """
 
 from __future__ import annotations
