@@ -8,13 +8,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 __all__ = ["Progress", "TrainerConfig", "make_env_factory", "make_optimizer", "make_policy",
-           "make_rollout_engine", "run_folder", "seed_everything", "step_sampling"]
+           "make_rollout_engine", "run_folder", "run_training", "seed_everything",
+           "step_sampling"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -172,6 +175,15 @@ async def make_policy(config: Any, model: Any, tokenizer: Any,
         await server.stop()
 
     return policy, sync, close
+
+
+async def run_training(policy: Any, fn: Callable[..., T], *args: Any) -> T:
+    """Run the trainer's compute ``fn(*args)``: in the embedded engine's compute thread when
+    the policy is one (shared weights: never during a generate; one thread for all torch
+    work), else right here (a vLLM server has its own copy of the weights)."""
+    if hasattr(policy, "run_exclusive"):
+        return await policy.run_exclusive(fn, *args)
+    return fn(*args)
 
 
 class Progress:

@@ -37,7 +37,6 @@ of ``num_generations``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -60,6 +59,7 @@ from agentgym.trainers.common import (
     make_policy,
     make_rollout_engine,
     run_folder,
+    run_training,
     seed_everything,
     step_sampling,
 )
@@ -301,9 +301,8 @@ async def one_step(step: int, config: GRPOConfig, model: Any, tokenizer: Any, sy
     if sequences:
         batch = pack(sequences, advantages, tokenizer.pad_token_id or 0)
         model.train()
-        policy = engine.policy
-        with policy.paused() if hasattr(policy, "paused") else contextlib.nullcontext():
-            stats = update(model, ref, optimizer, scheduler, batch, config)
+        stats = await run_training(engine.policy, update, model, ref, optimizer, scheduler,
+                                   batch, config)
         model.eval()
     timings["train"] = time.perf_counter() - started
     started = time.perf_counter()

@@ -66,6 +66,7 @@ from agentgym.trainers.common import (
     make_policy,
     make_rollout_engine,
     run_folder,
+    run_training,
     seed_everything,
     step_sampling,
 )
@@ -380,7 +381,8 @@ async def one_step(step: int, s: Session) -> dict[str, Any]:
     stats: dict[str, float] = {}
     if batch is not None:
         s.model.eval()
-        targets = prepare(s.model, s.value_head, s.ref, batch, batch.advantages, config)
+        targets = await run_training(s.policy, prepare, s.model, s.value_head, s.ref, batch,
+                                     batch.advantages, config)
         stats = {"kl": float(masked_mean(targets.kl, batch.mask)),
                  "value_mean": float(masked_mean(targets.old_values, batch.mask)),
                  "return_mean": float(masked_mean(targets.returns, batch.mask))}
@@ -389,10 +391,8 @@ async def one_step(step: int, s: Session) -> dict[str, Any]:
     if batch is not None:
         s.model.train()
         generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
-        paused = s.policy.paused() if hasattr(s.policy, "paused") else contextlib.nullcontext()
-        with paused:
-            stats |= update(s.model, s.value_head, s.optimizer, batch, targets, config,
-                            generator)
+        stats |= await run_training(s.policy, update, s.model, s.value_head, s.optimizer,
+                                    batch, targets, config, generator)
         s.model.eval()
     s.scheduler.step()
     timings["train"] = time.perf_counter() - started

@@ -144,8 +144,11 @@ async def test_shared_weights_sync_is_a_version_bump(engine: HFEngine, hf_model:
     layer = hf_model.model.layers[0].mlp.down_proj.weight
     saved = layer.detach().clone()
     try:
-        with engine.paused(), torch.no_grad():  # the trainer's optimizer step
-            layer.mul_(-3.0)
+        def optimizer_step() -> None:  # what the trainer runs between generate batches
+            with torch.no_grad():
+                layer.mul_(-3.0)
+
+        await engine.run_exclusive(optimizer_step)
         assert await sync.push(hf_model) == 1
         [after] = await engine.generate(chat, None, GREEDY)
         assert after.weight_version == 1
