@@ -202,6 +202,7 @@ def run_ours(warmup: int, steps: int, tasks_per_step: int, workdir: Path) -> Ste
     import agentgym.trainers.grpo as grpo
     from agentgym.policies.hf_engine import HFEngine
     from agentgym.rollout import RolloutEngine
+    from agentgym.trainers.runs import RunDir
 
     ends: list[float] = []
     cpu_ends: list[float] = []
@@ -259,7 +260,7 @@ def run_ours(warmup: int, steps: int, tasks_per_step: int, workdir: Path) -> Ste
     expected = [f"plain-calc-{i}" for i in drawn_task_indices(warmup + steps, tasks_per_step)]
     if drawn != expected:
         raise RuntimeError("our trainer drew other tasks than the benchmark replayed for TRL")
-    rows = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
+    rows = RunDir(run_path).metrics()
     out = StepTimes()
     for k in range(warmup, warmup + steps):
         t = {key[5:]: v for key, v in rows[k].items() if key.startswith("time/")}

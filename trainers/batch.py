@@ -6,8 +6,8 @@ therefore stores each distinct prompt once and each sequence's response separate
 
 1. the distinct prompts run through the model once (``[U, P]``, left-padded), which yields
    their key/value cache and the logits of their last position;
-2. the cache is gathered to the ``B`` rows (``Cache.batch_select_indices``; rows of one prompt
-   share it) and the responses (``[B, R]``, right-padded) run on top of it.
+2. the cache is gathered to the ``B`` rows (:mod:`agentgym.policies.shared_prompts`, which the
+   embedded engine uses too) and the responses (``[B, R]``, right-padded) run on top of it.
 
 The gradient is the full-sequence gradient: the gather's backward sums each prompt's
 cache gradient over its rows, exactly what the G separate prompt forwards would have
@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from agentgym.policies.shared_prompts import distinct_rows, prefill_shared
 from agentgym.tokens import TokenSequence
 from agentgym.trainers.losses import entropy_from_logits, token_logprobs
 
@@ -69,8 +70,8 @@ class Batch:
 
 def pack(sequences: Sequence[TokenSequence], advantages: Sequence[float], pad_id: int) -> Batch:
     """Stack sequences into a :class:`Batch`; equal prompts are stored once."""
-    distinct: dict[tuple[int, ...], int] = {}
-    prompt_of = [distinct.setdefault(tuple(s.prompt_ids), len(distinct)) for s in sequences]
+    prompt_of, first_rows = distinct_rows([s.prompt_ids for s in sequences])
+    distinct = [sequences[i].prompt_ids for i in first_rows]
     width = max(map(len, distinct))
     prompt_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)  # [U, P]
     prompt_attention = torch.zeros((len(distinct), width), dtype=torch.long)  # [U, P]
@@ -123,11 +124,8 @@ def response_outputs(model: Any, batch: Batch, with_hidden: bool = False) -> Res
     """Logits (and hidden states) predicting every response token: prompts once, then rows."""
     catcher = _CatchHidden(model) if with_hidden else None
     try:
-        prompt_positions = (batch.prompt_attention.cumsum(dim=1) - 1).clamp(min=0)  # [U, P]
-        prompt = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_attention,
-                       position_ids=prompt_positions, logits_to_keep=1, use_cache=True)
-        cache = prompt.past_key_values
-        cache.batch_select_indices(batch.prompt_of)  # [U, ...] -> [B, ...], differentiable
+        cache, prompt_last = prefill_shared(model, batch.prompt_ids, batch.prompt_attention,
+                                            batch.prompt_of)  # prompt_last: [U, V]
         attention = torch.cat([batch.prompt_attention[batch.prompt_of],
                                batch.response_attention], dim=1)  # [B, P + R]
         lengths = batch.prompt_attention.sum(dim=1)[batch.prompt_of]  # [B]
@@ -138,7 +136,7 @@ def response_outputs(model: Any, batch: Batch, with_hidden: bool = False) -> Res
     finally:
         if catcher is not None:
             catcher.handle.remove()
-    first = prompt.logits[batch.prompt_of, -1:]  # [B, 1, V]: predicts response token 0
+    first = prompt_last[batch.prompt_of, None]  # [B, 1, V]: predicts response token 0
     logits = torch.cat([first, out.logits[:, :-1]], dim=1)  # [B, R, V]
     hidden = None
     if catcher is not None:

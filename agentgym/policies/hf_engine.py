@@ -297,6 +297,7 @@ class HFEngine:
         from transformers import GenerationConfig
 
         from agentgym.policies.sampling import RowSampler, RowSpec, RowStop, cut_completion
+        from agentgym.policies.shared_prompts import distinct_rows, prefill_shared
 
         rows: list[tuple[_Request, RowSpec]] = []
         for request in batch:
@@ -322,7 +323,12 @@ class HFEngine:
                                   max_new_tokens=max(s.max_tokens for s in specs))
         with self._weights_lock, torch.inference_mode(), _eval_mode(self._model):
             version = self._version
-            cache = self._shared_prompt_cache(input_ids, mask, [r.prompt_ids for r, _ in rows])
+            cache = None
+            prompt_of, first_rows = distinct_rows([r.prompt_ids for r, _ in rows])
+            if len(first_rows) < len(rows) and width > 1:  # G rows share a prompt: prefill
+                # it once; generate then runs only the last prompt column and the new tokens
+                cache, _ = prefill_shared(self._model, input_ids[first_rows, :-1],
+                                          mask[first_rows, :-1], torch.tensor(prompt_of))
             out = self._model.generate(input_ids=input_ids, attention_mask=mask,
                                        past_key_values=cache, generation_config=config,
                                        logits_processor=[sampler], stopping_criteria=[stopper])
@@ -341,26 +347,3 @@ class HFEngine:
                 prompt_token_ids=tuple(request.prompt_ids), completion_token_ids=tuple(ids),
                 logprobs=tuple(lps), weight_version=version))
         return [per_request[id(r)] for r in batch]
-
-    def _shared_prompt_cache(self, input_ids: Any, mask: Any,
-                             prompts: Sequence[Sequence[int]]) -> Any | None:
-        """The key/value cache of every row's prompt but its last token, computed once per
-        distinct prompt and gathered to the rows; None when no two rows share a prompt.
-
-        A GRPO group is G rows with one prompt: prefilling it once instead of G times is most
-        of what batching them saves. ``generate`` then runs only the last prompt column and
-        the new tokens (it skips the positions the cache already holds).
-        """
-        import torch
-
-        distinct: dict[tuple[int, ...], int] = {}
-        prompt_of = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
-        if len(distinct) == len(prompts) or input_ids.shape[1] < 2:
-            return None
-        first_rows = [prompt_of.index(k) for k in range(len(distinct))]
-        ids, attention = input_ids[first_rows, :-1], mask[first_rows, :-1]  # [U, W - 1]
-        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)  # [U, W - 1]
-        cache = self._model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                            use_cache=True, logits_to_keep=1).past_key_values
-        cache.batch_select_indices(torch.tensor(prompt_of))  # [U, ...] -> [B, ...]
-        return cache

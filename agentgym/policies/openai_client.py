@@ -55,6 +55,24 @@ def clean_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
     return [{k: m[k] for k in _MESSAGE_KEYS if m.get(k) is not None} for m in messages]
 
 
+def _sampling_fields(sampling: SamplingParams) -> dict[str, Any]:
+    """The request fields of ``sampling``, the same for chat and token completions."""
+    fields: dict[str, Any] = {"n": sampling.n, "temperature": sampling.temperature,
+                              "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+    if sampling.stop:
+        fields["stop"] = list(sampling.stop)
+    if sampling.seed is not None:
+        fields["seed"] = sampling.seed
+    return fields
+
+
+def _finish_reason(choice: Mapping[str, Any], calls: Sequence[Any]) -> str:
+    """The choice's finish reason; ``"tool_calls"`` when calls were parsed here from the text,
+    as the server would say had it parsed them itself."""
+    finish = choice.get("finish_reason") or "stop"
+    return "tool_calls" if finish == "stop" and calls else finish
+
+
 class OpenAIPolicy:
     """A policy behind an OpenAI-compatible HTTP endpoint.
 
@@ -200,18 +218,8 @@ class OpenAIPolicy:
     def _request_body(self, messages: Sequence[Mapping[str, Any]],
                       tools: Sequence[Mapping[str, Any]] | None, sampling: SamplingParams,
                       model: str) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": clean_messages(messages),
-            "n": sampling.n,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "max_tokens": sampling.max_tokens,
-        }
-        if sampling.stop:
-            body["stop"] = list(sampling.stop)
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
+        body: dict[str, Any] = {"model": model, "messages": clean_messages(messages),
+                                **_sampling_fields(sampling)}
         if tools:
             body["tools"] = list(tools)
             body["tool_choice"] = "none" if self.raw_tool_text else "auto"
@@ -223,16 +231,8 @@ class OpenAIPolicy:
     def _token_request_body(self, prompt_ids: Sequence[int], sampling: SamplingParams,
                             model: str) -> dict[str, Any]:
         """A vLLM ``/completions`` request on prompt token ids, with token-level answers."""
-        body: dict[str, Any] = {
-            "model": model, "prompt": list(prompt_ids), "n": sampling.n,
-            "temperature": sampling.temperature, "top_p": sampling.top_p,
-            "max_tokens": sampling.max_tokens, "logprobs": 0, "return_token_ids": True,
-        }
-        if sampling.stop:
-            body["stop"] = list(sampling.stop)
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
-        return body
+        return {"model": model, "prompt": list(prompt_ids), **_sampling_fields(sampling),
+                "logprobs": 0, "return_token_ids": True}
 
     def _parse_token_response(self, data: Mapping[str, Any], prompt_ids: Sequence[int],
                               version: str | int | None) -> list[Completion]:
@@ -241,11 +241,8 @@ class OpenAIPolicy:
             text = choice.get("text") or ""
             calls = parse_text_tool_calls(text).tool_calls
             logprobs = (choice.get("logprobs") or {}).get("token_logprobs") or []
-            finish = choice.get("finish_reason") or "stop"
-            if finish == "stop" and calls:
-                finish = "tool_calls"
             completions.append(Completion(
-                text=text, tool_calls=calls, finish_reason=finish,
+                text=text, tool_calls=calls, finish_reason=_finish_reason(choice, calls),
                 prompt_token_ids=tuple(prompt_ids),
                 completion_token_ids=tuple(choice.get("token_ids") or ()),
                 logprobs=tuple(float(lp) for lp in logprobs), weight_version=version))
@@ -265,11 +262,9 @@ class OpenAIPolicy:
             if token_ids and logprobs and len(logprobs) != len(token_ids):
                 logger.debug("logprobs (%d) and token ids (%d) differ in length",
                              len(logprobs), len(token_ids))
-            finish = choice.get("finish_reason") or "stop"
-            if finish == "stop" and parsed.tool_calls:  # calls parsed here, as the server would
-                finish = "tool_calls"
             completions.append(Completion(
-                text=text, tool_calls=parsed.tool_calls, finish_reason=finish,
+                text=text, tool_calls=parsed.tool_calls,
+                finish_reason=_finish_reason(choice, parsed.tool_calls),
                 prompt_token_ids=prompt_ids, completion_token_ids=token_ids,
                 logprobs=logprobs, weight_version=version))
         return completions

@@ -1,6 +1,5 @@
 """GRPO end to end on the smoke setting: it learns, and a killed run resumes exactly."""
 
-import json
 import os
 import signal
 import subprocess
@@ -14,13 +13,14 @@ torch = pytest.importorskip("torch")
 from agentgym.trainers.config import load_config  # noqa: E402
 from agentgym.trainers.grpo import GRPOConfig, train  # noqa: E402
 from agentgym.trainers.models import load_weights  # noqa: E402
+from agentgym.trainers.runs import RunDir  # noqa: E402
 from agentgym.trainers.smoke import char_tokenizer, tiny_model  # noqa: E402
 
 SMOKE = "trainers/configs/smoke.yaml"
 
 
 def rows(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return RunDir(run).metrics()
 
 
 def test_smoke_config_learns_and_changes_parameters(tmp_path):

@@ -1,6 +1,5 @@
 """PPO end to end on the smoke setting: it learns, its critic fits, and a resumed run is exact."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -25,13 +24,14 @@ from agentgym.trainers.ppo import (  # noqa: E402
     update,
     value_head_for,
 )
+from agentgym.trainers.runs import RunDir  # noqa: E402
 from agentgym.trainers.smoke import char_tokenizer, tiny_model  # noqa: E402
 
 SMOKE = "trainers/configs/ppo_smoke.yaml"
 
 
 def rows(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return RunDir(run).metrics()
 
 
 def checkpoint_state(run, step, seed=0):

@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 from agentgym.trainers import trackers  # noqa: E402
 from agentgym.trainers.config import load_config  # noqa: E402
 from agentgym.trainers.grpo import GRPOConfig, train  # noqa: E402
+from agentgym.trainers.runs import RunDir  # noqa: E402
 
 SMOKE = "trainers/configs/smoke.yaml"
 
@@ -23,7 +24,7 @@ def test_a_run_reports_to_tensorboard_and_wandb(tmp_path, monkeypatch):
         "output_dir": str(tmp_path), "run_name": "tracked", "max_steps": 2, "save_steps": 2,
         "report_to": ["tensorboard", "wandb"], "wandb_project": "agentgym-test"})
     run = train(config)
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = RunDir(run).metrics()
 
     events = EventAccumulator(str(run))
     events.Reload()
