@@ -62,8 +62,10 @@ class RunDir:
         """Append one step's metrics (and mirror its scalars to the trackers)."""
         with (self.path / "metrics.jsonl").open("a") as file:
             file.write(json.dumps(row) + "\n")
-        for tracker in self._trackers:
-            tracker.log(scalars_of(row), int(row["step"]))
+        if self._trackers:
+            scalars = scalars_of(row)
+            for tracker in self._trackers:
+                tracker.log(scalars, int(row["step"]))
 
     def log_samples(self, step: int, trajectories: list[Trajectory]) -> None:
         with (self.path / "samples.jsonl").open("a") as file:
