@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentgym.errors import AgentGymError
-from agentgym.eval_cli import register_commands
+from agentgym.eval.cli import register_commands
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Agentic tool-use RL environments, eval and training.")

@@ -8,11 +8,11 @@ optional dependency (``pip install 'agentgym[plot]'``), imported only here, only
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+
+from agentgym.jsonl import read_jsonl
 
 __all__ = ["plot_reward_curve", "read_reward_curve"]
 
@@ -28,16 +28,7 @@ def read_reward_curve(metrics_path: str | Path) -> list[dict[str, float]]:
     """
     path = Path(metrics_path)
     points: list[dict[str, float]] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row: Any = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # a run still writing, or killed mid-line
-                continue
-            raise ValueError(f"{path}:{number} is not JSON") from None
+    for row in read_jsonl(path):
         if not isinstance(row, dict) or row.get("step") is None \
                 or row.get("reward_mean") is None:
             continue

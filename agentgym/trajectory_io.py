@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agentgym.errors import AgentGymError
+from agentgym.jsonl import iter_jsonl
 from agentgym.types import ToolCall, ToolResult, Trajectory, Turn
 
 __all__ = ["SCHEMA_VERSION", "TrajectoryWriter", "from_json", "read_trajectories", "rescore",
@@ -90,17 +91,7 @@ class TrajectoryWriter:
 
 def read_trajectories(path: str | Path) -> Iterator[Trajectory]:
     """Yield the trajectories of a JSONL file (a torn last line from a crash is skipped)."""
-    with Path(path).open(encoding="utf-8") as file:
-        lines = file.readlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # the writer died mid-line
-                break
-            raise
+    for _, data in iter_jsonl(path):
         yield from_json(data)
 
 

@@ -90,16 +90,6 @@ class Message:
             out["name"] = self.name
         return out
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Message:
-        """Build from an OpenAI message dict. Tool calls go through the tolerant parser."""
-        from agentgym.parsing import parse_openai_tool_calls
-
-        calls = parse_openai_tool_calls(data.get("tool_calls") or [])
-        return cls(role=data["role"], content=data.get("content") or "",
-                   tool_calls=tuple(calls), tool_call_id=data.get("tool_call_id"),
-                   name=data.get("name"))
-
 
 @dataclass(frozen=True)
 class Task:

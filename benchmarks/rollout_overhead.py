@@ -152,7 +152,8 @@ async def http_flatness() -> None:
     from agentgym.policies.openai_client import OpenAIPolicy
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "agentgym.stub_server", "--port", str(port)])
+    server = subprocess.Popen([sys.executable, "-m", "agentgym.testing.stub_server",
+                               "--port", str(port)])
     try:
         policy = OpenAIPolicy(f"http://127.0.0.1:{port}/v1", "stub", max_concurrency=64)
         messages = [{"role": "user", "content": "What is 2 + 2?"}]

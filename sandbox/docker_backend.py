@@ -42,10 +42,12 @@ from .base import (
     expected_tests,
     grade_from_report,
 )
+from .client import docker_client
 from .config import SandboxConfig
+from .image import default_image
 from .protocol import ChannelBroken, RunnerChannel
 
-__all__ = ["DockerBackend", "DockerSandbox", "LABEL", "owner_labels"]
+__all__ = ["DockerBackend", "DockerSandbox", "LABEL", "docker_client", "owner_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,30 +99,6 @@ def _owner_alive(labels: Mapping[str, str]) -> bool:
     return start is not None and start == labels.get("agentgym.pid_start", start)
 
 
-def docker_client(timeout: float = 60.0) -> Any:
-    """A ``docker.DockerClient`` from the environment, or ``SandboxUnavailableError`` that says
-    how to fix it."""
-    try:
-        import docker
-    except ImportError as e:
-        raise SandboxUnavailableError(
-            "the Docker SDK is not installed: pip install 'agentgym[docker]'"
-        ) from e
-    try:
-        client = docker.from_env(timeout=int(timeout))
-        client.ping()
-    except docker.errors.DockerException as e:
-        hint = (
-            "add your user to the docker group (sudo usermod -aG docker $USER, then log in again)"
-            if "ermission denied" in str(e)
-            else "start the engine (sudo dockerd &, or systemctl start docker)"
-        )
-        raise SandboxUnavailableError(
-            f"cannot reach the Docker engine ({e}); {hint}; `agentgym sandbox doctor` checks it"
-        ) from e
-    return client
-
-
 class DockerBackend(SandboxBackend):
     """Creates ``DockerSandbox`` containers from one ``SandboxConfig``.
 
@@ -156,8 +134,6 @@ class DockerBackend(SandboxBackend):
         """The image containers run."""
         if self.config.image:
             return self.config.image
-        from .image import default_image
-
         return default_image()
 
     def container_spec(self, labels: Mapping[str, str]) -> dict[str, Any]:

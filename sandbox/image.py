@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import SandboxUnavailableError
+from .client import docker_client
 
 __all__ = ["IMAGE_REPO", "build_image", "debian_mirror", "default_image", "image_exists"]
 
@@ -124,8 +125,6 @@ def build_image(
     Raises:
         SandboxUnavailableError: no engine, or the build cannot run here (says why).
     """
-    from .docker_backend import docker_client
-
     client = docker_client()
     tag = tag or default_image()
     if not force and image_exists(client, tag):

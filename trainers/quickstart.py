@@ -50,7 +50,7 @@ def _tool_rate(rows: list[dict[str, Any]]) -> float:
 
 def _evaluate(label: str, policy: Any, out: Path, examples: int, max_tokens: int,
               ) -> dict[str, Any]:
-    from agentgym.evaluation import evaluate
+    from agentgym.eval.evaluation import evaluate
 
     # The same demonstrations as in training, but no shaping bonus: success is exact answers.
     result = evaluate(ENV_ID, label, policy=policy, out=out, num_examples=examples,
@@ -83,7 +83,7 @@ def quickstart(steps: int | None = None, eval_examples: int = 50, out: str | Pat
     """Run the whole quickstart; see the module docstring."""
     import asyncio
 
-    from agentgym.leaderboard import write_leaderboard
+    from agentgym.eval.leaderboard import write_leaderboard
     from agentgym.policies.hf_engine import HFEngine
     from agentgym.policies.model_prep import prepare_model
     from agentgym.trainers.config import load_config

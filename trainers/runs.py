@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import yaml
 
+from agentgym.jsonl import append_jsonl, iter_jsonl, read_jsonl, rewrite_jsonl
 from agentgym.trainers.trackers import Tracker, open_trackers, scalars_of
 from agentgym.trajectory_io import to_json
 from agentgym.types import Trajectory
@@ -60,33 +61,27 @@ class RunDir:
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         """Append one step's metrics (and mirror its scalars to the trackers)."""
-        with (self.path / "metrics.jsonl").open("a") as file:
-            file.write(json.dumps(row) + "\n")
+        append_jsonl(self.path / "metrics.jsonl", [row])
         if self._trackers:
             scalars = scalars_of(row)
             for tracker in self._trackers:
                 tracker.log(scalars, int(row["step"]))
 
     def log_samples(self, step: int, trajectories: list[Trajectory]) -> None:
-        with (self.path / "samples.jsonl").open("a") as file:
-            for trajectory in trajectories:
-                file.write(json.dumps({"step": step, **to_json(trajectory)}) + "\n")
+        append_jsonl(self.path / "samples.jsonl",
+                     ({"step": step, **to_json(t)} for t in trajectories))
 
     def metrics(self) -> list[dict[str, Any]]:
         """Every logged row."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path / "metrics.jsonl", missing_ok=True)
 
     def truncate_to(self, step: int) -> None:
         """Drop log rows after ``step`` (a resumed run redoes them)."""
         for name in ("metrics.jsonl", "samples.jsonl"):
             path = self.path / name
             if path.exists():
-                rows = [line for line in path.read_text().splitlines()
-                        if line.strip() and json.loads(line)["step"] <= step]
-                path.write_text("".join(line + "\n" for line in rows))
+                rewrite_jsonl(path, [line for line, row in iter_jsonl(path)
+                                     if row["step"] <= step])
 
     # --- checkpoints ------------------------------------------------------------------------
 

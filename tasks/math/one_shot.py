@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from agentgym.jsonl import read_jsonl
 from agentgym.tasks.math.env import MathEnv
 from agentgym.types import Split, Task
 
@@ -35,10 +36,7 @@ DEFAULT_HISTORY = Path(__file__).with_name("one_shot_history.jsonl")
 def load_history(path: str | Path) -> dict[str, list[float]]:
     """Rewards per task id from a history file (compact rows or trajectory JSONL)."""
     rewards: dict[str, list[float]] = defaultdict(list)
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in read_jsonl(path):
         if "rewards" in row:
             rewards[row["task_id"]].extend(float(r) for r in row["rewards"])
         elif row.get("reward") is not None:  # a trajectory; failed ones carry no reward

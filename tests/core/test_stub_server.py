@@ -2,7 +2,7 @@
 
 import httpx
 
-from agentgym.stub_server import StubServer
+from agentgym.testing.stub_server import StubServer
 
 
 def test_chat_models_health_and_errors():

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import agentgym
-from agentgym.stub_server import StubServer
+from agentgym.testing.stub_server import StubServer
 from agentgym.types import Task
 
 Reply = str | dict[str, Any]

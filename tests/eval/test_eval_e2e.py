@@ -26,8 +26,8 @@ from _eval_helpers import (
 from gates import IN_CI, docker_problem
 from typer.testing import CliRunner
 
-from agentgym.eval_cli import app
-from agentgym.stub_server import StubServer
+from agentgym.eval.cli import app
+from agentgym.testing.stub_server import StubServer
 
 N, K = 6, 2
 # The code env needs the Docker sandbox: in CI it must be there (the gate fails the run);

@@ -13,9 +13,9 @@ import pytest
 from _eval_helpers import FlakyServer, Oracle, StatusServer, expected_pass, only_run_dir, read_rows
 from typer.testing import CliRunner
 
-from agentgym.eval_cli import app
-from agentgym.evaluation import EvalProgress, evaluate
-from agentgym.stub_server import StubServer
+from agentgym.eval.cli import app
+from agentgym.eval.evaluation import EvalProgress, evaluate
+from agentgym.testing.stub_server import StubServer
 
 CALC = "agentgym/Calculator-v0"
 runner = CliRunner()

@@ -12,7 +12,7 @@ import pytest
 from _eval_helpers import require
 from typer.testing import CliRunner
 
-from agentgym.eval_cli import app
+from agentgym.eval.cli import app
 from agentgym.plots import read_reward_curve
 
 runner = CliRunner()
@@ -53,9 +53,9 @@ def test_plot_without_metrics_is_one_line(tmp_path: Path) -> None:
 
 
 def test_import_agentgym_stays_light() -> None:
-    heavy = ["matplotlib", "rich.progress", "agentgym.evaluation", "agentgym.leaderboard",
-             "agentgym.plots", "agentgym.eval_cli"]
-    code = ("import sys, json, agentgym, agentgym.evaluation, agentgym.leaderboard; "
+    heavy = ["matplotlib", "rich.progress", "agentgym.eval.evaluation", "agentgym.eval.leaderboard",
+             "agentgym.plots", "agentgym.eval.cli"]
+    code = ("import sys, json, agentgym, agentgym.eval.evaluation, agentgym.eval.leaderboard; "
             f"print(json.dumps([m for m in {heavy[:2]!r} if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -8,7 +8,7 @@ from math import comb
 
 import pytest
 
-from agentgym.stats import mean_ci, pass_at_k, pass_hat_k, summarize, t_quantile_975
+from agentgym.eval.stats import mean_ci, pass_at_k, pass_hat_k, summarize, t_quantile_975
 
 
 @pytest.mark.parametrize(("n", "c", "k", "want"), [

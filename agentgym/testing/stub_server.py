@@ -8,7 +8,7 @@ not a mock) and cheap enough per request that client-side costs can be measured 
     with StubServer(lambda request: "The answer is 4.") as server:
         policy = OpenAIPolicy(server.base_url, model="stub")
 
-Run it as a process: ``python -m agentgym.stub_server --port 8123 --reply "hi"``.
+Run it as a process: ``python -m agentgym.testing.stub_server --port 8123 --reply "hi"``.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class StubServer:
 
 
 def main() -> None:
-    """``python -m agentgym.stub_server``: serve a fixed reply until killed."""
+    """``python -m agentgym.testing.stub_server``: serve a fixed reply until killed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--reply", default="The answer is 4.")

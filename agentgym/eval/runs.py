@@ -22,11 +22,12 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agentgym.env import estimate_tokens
+from agentgym.jsonl import iter_jsonl, read_jsonl, rewrite_jsonl
 from agentgym.types import Trajectory
 
 __all__ = ["RESULT_SCHEMA_VERSION", "ResultsWriter", "find_unfinished_run", "jsonable",
@@ -105,25 +106,7 @@ def read_metadata(run_dir: Path) -> dict[str, Any]:
 
 def read_results(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of ``results.jsonl`` (a torn last line from a crash is skipped)."""
-    path = run_dir / "results.jsonl"
-    if not path.exists():
-        return []
-    return [row for _, row in _json_lines(path)]
-
-
-def _json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(raw line, decoded) for each complete JSON line; a torn final line is dropped."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            yield line, json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) or not line.endswith("\n"):
-                logger.warning("%s: dropping a torn line %d", path, number)
-                continue
-            raise
+    return read_jsonl(run_dir / "results.jsonl", missing_ok=True)
 
 
 def reconcile(run_dir: Path, group_size: int) -> set[str]:
@@ -147,14 +130,12 @@ def _filter_lines(path: Path, done: set[str], group_size: int) -> None:
         return
     kept: list[str] = []
     seen: Counter[str] = Counter()
-    for line, data in _json_lines(path):
+    for line, data in iter_jsonl(path):
         task = str(data.get("task_id"))
         if task in done and seen[task] < group_size:
             seen[task] += 1
-            kept.append(line if line.endswith("\n") else line + "\n")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(path)
+            kept.append(line)
+    rewrite_jsonl(path, kept)
 
 
 def _token_counts(trajectory: Trajectory) -> tuple[int, int, bool]:

@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agentgym.eval.table import COLUMNS, cells, families
+
 __all__ = ["render_html", "score_plot"]
 
 _TEXT_COLUMNS = {"env", "model", "settings"}
@@ -63,8 +65,6 @@ def _value(value: Any) -> str:
 
 def _table(table_id: str, entries: Sequence[Mapping[str, Any]],
            numbers: Mapping[int, int]) -> str:
-    from agentgym.leaderboard import COLUMNS, cells
-
     head = "".join(
         f'<th class="text" data-key="{k}">{html.escape(h)}</th>' if k in _TEXT_COLUMNS
         else f'<th data-key="{k}" data-type="number">{html.escape(h)}</th>' for k, h in COLUMNS)
@@ -125,8 +125,6 @@ def score_plot(entries: Sequence[Mapping[str, Any]]) -> str:
 
 def render_html(entries: Sequence[Mapping[str, Any]]) -> str:
     """The whole page: note, score plot, overall table, one table per env family."""
-    from agentgym.leaderboard import families
-
     numbers = {id(e): i for i, e in enumerate(entries)}
     body = [
         "<h1>agentgym leaderboard</h1>",

@@ -5,7 +5,7 @@ skipped: resume them first). They are grouped into entries keyed by (env id, env
 model, comparable settings): runs of one entry -- e.g. the same eval repeated with another seed --
 are pooled (their rollouts of a task are samples of that task); runs that differ in split,
 number of tasks, K, sampling, pass threshold or env options are separate entries, never averaged
-together. Every number is recomputed from the rows by :func:`agentgym.stats.summarize`.
+together. Every number is recomputed from the rows by :func:`agentgym.eval.stats.summarize`.
 
 Output (``OUT/``):
 
@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agentgym.eval_runs import jsonable, read_metadata, read_results
+from agentgym.eval.leaderboard_html import render_html
+from agentgym.eval.runs import jsonable, read_metadata, read_results
+from agentgym.eval.stats import summarize
+from agentgym.eval.table import COLUMNS, cells, families, sort_value
 
 __all__ = ["COLUMNS", "cells", "collect_entries", "families", "render_html", "render_markdown",
            "write_leaderboard"]
@@ -36,13 +38,6 @@ logger = logging.getLogger(__name__)
 _IDENTITY = ("split", "rollouts_per_example", "temperature", "top_p", "max_tokens",
              "pass_threshold", "env_kwargs")
 
-COLUMNS: tuple[tuple[str, str], ...] = (
-    ("env", "Env"), ("model", "Model"), ("settings", "Settings"), ("runs", "Runs"),
-    ("rollouts", "Rollouts"), ("mean", "Mean reward ± 95% CI"), ("pass1", "pass@1"),
-    ("passk", "pass@k"), ("passhatk", "pass^k"), ("validity", "Tool-call validity"),
-    ("error_rate", "Error rate"), ("tokens", "Tokens / rollout"), ("time", "Wall time (s)"),
-)
-"""(key, header) of every table column, in order."""
 
 
 def _settings_label(settings: Mapping[str, Any], tasks: int) -> str:
@@ -82,8 +77,6 @@ def collect_entries(runs_dir: str | Path) -> list[dict[str, Any]]:
         ``env_name``, ``env_version``, ``env_family``, ``model``, ``settings``,
         ``settings_label``, ``k``, ``runs``, ``run_dirs``, ``summary`` and ``wall_time_s``.
     """
-    from agentgym.stats import summarize
-
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = defaultdict(list)
     for run_dir, metadata in _finished_runs(Path(runs_dir)):
         settings = metadata.get("settings", {})
@@ -106,51 +99,8 @@ def collect_entries(runs_dir: str | Path) -> list[dict[str, Any]]:
             "summary": summarize(rows, k_max=k),
             "wall_time_s": sum(float(m.get("wall_time_s") or 0.0) for _, m in members),
         })
-    entries.sort(key=lambda e: (e["env_id"], -_num(e["summary"]["mean_reward"]), e["model"]))
+    entries.sort(key=lambda e: (e["env_id"], -sort_value(e["summary"]["mean_reward"]), e["model"]))
     return entries
-
-
-def _num(value: Any) -> float:
-    """A sortable number: None and NaN become -inf."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return -math.inf
-    return float(value)
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def cells(entry: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
-    """(display text, sort value) of every column for one entry."""
-    s = entry["summary"]
-    k = str(entry["k"])
-    mean, ci = s["mean_reward"], s["ci95"]
-    mean_text = _fmt(mean) + ("" if ci is None or math.isnan(ci) else f" ± {_fmt(ci)}")
-    return {
-        "env": (entry["env_id"], entry["env_id"]), "model": (entry["model"], entry["model"]),
-        "settings": (entry["settings_label"], entry["settings_label"]),
-        "runs": (str(entry["runs"]), entry["runs"]),
-        "rollouts": (str(s["rollouts"]), s["rollouts"]),
-        "mean": (mean_text, mean),
-        "pass1": (_fmt(s["pass_at_k"].get("1")), s["pass_at_k"].get("1")),
-        "passk": (f"{_fmt(s['pass_at_k'].get(k))} (k={k})", s["pass_at_k"].get(k)),
-        "passhatk": (f"{_fmt(s['pass_hat_k'].get(k))} (k={k})", s["pass_hat_k"].get(k)),
-        "validity": (_fmt(s["tool_call_validity"]), s["tool_call_validity"]),
-        "error_rate": (_fmt(s["error_rate"]), s["error_rate"]),
-        "tokens": (_fmt(s["tokens_per_rollout"], 1), s["tokens_per_rollout"]),
-        "time": (_fmt(entry["wall_time_s"], 1), entry["wall_time_s"]),
-    }
-
-
-def families(entries: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    """Entries grouped by env family (``math``, ``api``, ``code``...), families sorted by name."""
-    grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for entry in entries:
-        grouped[str(entry["env_family"])].append(entry)
-    return dict(sorted(grouped.items()))
 
 
 def _md_table(entries: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -187,8 +137,6 @@ def write_leaderboard(runs_dir: str | Path = "runs/eval",
     Raises:
         FileNotFoundError: ``runs_dir`` does not exist.
     """
-    from agentgym.leaderboard_html import render_html as _html
-
     runs = Path(runs_dir)
     if not runs.is_dir():
         raise FileNotFoundError(f"no eval runs folder at {runs} (run agentgym eval first)")
@@ -198,15 +146,9 @@ def write_leaderboard(runs_dir: str | Path = "runs/eval",
     paths = {"markdown": out / "leaderboard.md", "html": out / "index.html",
              "json": out / "leaderboard.json"}
     paths["markdown"].write_text(render_markdown(entries), encoding="utf-8")
-    paths["html"].write_text(_html(entries), encoding="utf-8")
+    paths["html"].write_text(render_html(entries), encoding="utf-8")
     paths["json"].write_text(json.dumps(jsonable(entries), indent=2, allow_nan=False) + "\n",
                              encoding="utf-8")
     logger.info("leaderboard of %d entries written to %s", len(entries), out)
     return paths
 
-
-def render_html(entries: Sequence[Mapping[str, Any]]) -> str:
-    """The self-contained ``index.html`` (see :mod:`agentgym.leaderboard_html`)."""
-    from agentgym.leaderboard_html import render_html as _html
-
-    return _html(entries)

@@ -17,7 +17,7 @@ isolation). A rollout that fails for a reason outside the model is written as a 
 error class and no reward: counted, never scored 0, never fatal. Only failures that would spoil
 every rollout stop the run: HTTP 401/403 (credentials) and 404 (no such model or route).
 
-Files: see :mod:`agentgym.eval_runs`. ``resume=True`` continues the newest unfinished run of
+Files: see :mod:`agentgym.eval.runs`. ``resume=True`` continues the newest unfinished run of
 the same (env, model) -- same settings required -- playing only the tasks whose group is not yet
 complete.
 """
@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from agentgym.errors import PolicyHTTPError
-from agentgym.eval_policy import given_policy, open_policy
-from agentgym.eval_runs import (
+from agentgym.eval.endpoint import given_policy, open_policy
+from agentgym.eval.runs import (
     ResultsWriter,
     find_unfinished_run,
     new_run_dir,
@@ -383,7 +383,7 @@ async def _evaluate(env_id: str, model: str, engine: str | None,
                     opener: contextlib.AbstractAsyncContextManager[tuple[Policy, str]],
                     settings: EvalSettings, task_ids: list[str], out: Path, resume: bool,
                     on_progress: Callable[[EvalProgress], None] | None) -> EvalResult:
-    from agentgym.stats import summarize
+    from agentgym.eval.stats import summarize
 
     target = _resume_target(out, env_id, model, settings, task_ids) if resume else None
     async with opener as (policy, endpoint):

@@ -1,7 +1,7 @@
 """The ``eval``, ``leaderboard`` and ``plot`` commands: thin typer wrappers over library calls.
 
 :func:`register_commands` mounts them on an app (``agentgym.cli.app``); :data:`app` is a
-standalone app with just these three, for tests and ``python -m agentgym.eval_cli``.
+standalone app with just these three, for tests and ``python -m agentgym.eval.cli``.
 
 Failures that stop a command (unknown env, endpoint down, credentials refused, bad settings)
 print one ``error: ...`` line on stderr and exit non-zero: 2 for a caller mistake, 1 for an
@@ -73,7 +73,7 @@ def print_summary(env_id: str, model: str, summary: dict[str, Any], run_dir: Pat
 
 
 class _Bar:
-    """A rich progress bar fed by :class:`~agentgym.evaluation.EvalProgress` reports; it
+    """A rich progress bar fed by :class:`~agentgym.eval.evaluation.EvalProgress` reports; it
     appears with the first report, i.e. once the endpoint answered and the run folder exists."""
 
     def __init__(self, label: str):
@@ -130,7 +130,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model on an environment: N tasks x K rollouts, results on disk, a summary."""
     from agentgym.errors import AgentGymError
-    from agentgym.evaluation import evaluate
+    from agentgym.eval.evaluation import evaluate
 
     api_key = None
     if api_key_env:
@@ -163,7 +163,7 @@ def leaderboard_command(
     out: Annotated[Path, typer.Option(help="where to write the files")] = Path("leaderboard"),
 ) -> None:
     """Aggregate eval runs into leaderboard.md and a static, sortable index.html."""
-    from agentgym.leaderboard import write_leaderboard
+    from agentgym.eval.leaderboard import write_leaderboard
 
     try:
         paths = write_leaderboard(runs, out)
