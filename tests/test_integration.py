@@ -3,9 +3,9 @@ rollout engine, with token-level data that the trainer can use as is."""
 
 import asyncio
 
-import pytest
+from gates import TRAIN_INSTALL, require_module
 
-pytest.importorskip("transformers")
+require_module("transformers", TRAIN_INSTALL)
 
 import agentgym  # noqa: E402
 from agentgym.policy import SamplingParams  # noqa: E402

@@ -16,27 +16,15 @@ answer), through real tool calls where the env has tools; failing uses an invali
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 import agentgym
 from agentgym.testing.stub_server import StubServer
 from agentgym.types import Task
 
 Reply = str | dict[str, Any]
-
-
-def require(ok: bool, message: str) -> None:
-    """Fail in CI (``CI=true``: the set-up script must provide it), skip elsewhere."""
-    if ok:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; CI must install it (.ci/setup.sh)")
-    pytest.skip(message)
 
 
 def calls_message(calls: Sequence[tuple[str, Mapping[str, Any]]], prefix: str = "c") -> dict:
@@ -127,10 +115,7 @@ SOLVERS: dict[str, Callable[[Task, Sequence[Mapping[str, Any]], bool], Reply]] =
     "agentgym/BFCLSingle-v0": solve_bfcl_single,
     "agentgym/BFCLMultiTurn-v0": solve_bfcl_multi,
 }
-"""Environments the oracle can play (the e2e tests run those that are registered)."""
-
-# The code env needs a working sandbox and a solver from its task format: not covered yet.
-WANTED_BUT_MAYBE_MISSING = ("agentgym/Search-v0", "agentgym/CodeHumanEval-v0")
+"""Environments the oracle can play; the e2e tests run every one of them."""
 
 
 def expected_pass(position: int, sample: int, model: str = "oracle") -> bool:
@@ -203,12 +188,6 @@ class StatusServer(StubServer):
         if status != 200:
             return status, json.dumps({"error": {"message": f"scripted {status}"}}).encode()
         return super().handle(method, path, body)
-
-
-def registered(env_ids: Sequence[str]) -> list[str]:
-    """The ids of ``env_ids`` that are registered now."""
-    known = set(agentgym.list_envs())
-    return [e for e in env_ids if e in known]
 
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:

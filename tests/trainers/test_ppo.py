@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from gates import TRAIN_INSTALL, require_module
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", TRAIN_INSTALL)
 
 from agentgym.tokens import TokenSequence  # noqa: E402
 from agentgym.trainers.batch import pack  # noqa: E402

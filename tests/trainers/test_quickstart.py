@@ -1,8 +1,8 @@
 """The main job end to end, shortened: eval -> 1 GRPO step -> eval -> report files."""
 
-import pytest
+from gates import TRAIN_INSTALL, require_module
 
-pytest.importorskip("transformers")
+require_module("transformers", TRAIN_INSTALL)
 
 
 def test_quickstart_runs_end_to_end(tmp_path):

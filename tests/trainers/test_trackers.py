@@ -3,8 +3,9 @@
 import json
 
 import pytest
+from gates import TRAIN_INSTALL, require_module
 
-torch = pytest.importorskip("torch")
+torch = require_module("torch", TRAIN_INSTALL)
 
 from agentgym.trainers import trackers  # noqa: E402
 from agentgym.trainers.config import load_config  # noqa: E402
@@ -15,7 +16,7 @@ SMOKE = "trainers/configs/smoke.yaml"
 
 
 def test_a_run_reports_to_tensorboard_and_wandb(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    require_module("wandb", "pip install 'agentgym[wandb]'")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.setenv("WANDB_MODE", "offline")
