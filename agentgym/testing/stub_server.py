@@ -127,7 +127,7 @@ class StubServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="stub-server", daemon=True)
         self._thread.start()
-        if not self._ready.wait(10):
+        if not self._ready.wait(120):
             raise RuntimeError("stub server did not start")
         return self
 

@@ -16,6 +16,7 @@ answer), through real tool calls where the env has tools; failing uses an invali
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,17 @@ def only_run_dir(root: Path) -> Path:
     """The single run folder under an eval output root."""
     (metadata,) = root.rglob("metadata.json")
     return metadata.parent
+
+
+def wait_until_quiet(server: StubServer, quiet_s: float = 1.0, timeout_s: float = 60.0) -> None:
+    """Until the server's request count has not moved for ``quiet_s`` (requests a cancelled
+    client had already sent may still be arriving on a busy machine)."""
+    deadline = time.monotonic() + timeout_s
+    last, since = server.requests, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        if server.requests != last:
+            last, since = server.requests, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+    raise AssertionError(f"the stub server kept receiving requests for {timeout_s} s")

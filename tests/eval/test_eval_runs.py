@@ -6,11 +6,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from _eval_helpers import FlakyServer, Oracle, StatusServer, expected_pass, only_run_dir, read_rows
+from _eval_helpers import (
+    FlakyServer,
+    Oracle,
+    StatusServer,
+    expected_pass,
+    only_run_dir,
+    read_rows,
+    wait_until_quiet,
+)
 from typer.testing import CliRunner
 
 from agentgym.eval.cli import app
@@ -41,7 +48,7 @@ def test_resume_finishes_an_interrupted_run_without_redoing_rollouts(tmp_path: P
         assert 3 * k <= len(first) < n * k and len(first) % k == 0
         metadata = json.loads((run_dir / "metadata.json").read_text())
         assert metadata["status"] == "running" and metadata["counts"]["rollouts_done"] == len(first)
-        time.sleep(0.3)  # requests sent just before the interrupt may still be in the server
+        wait_until_quiet(server)  # requests sent just before the interrupt may still arrive
         before = server.requests
         result = runner.invoke(app, ["eval", CALC, "--base-url", server.base_url, "--model",
                                      "oracle", "--num-examples", str(n),

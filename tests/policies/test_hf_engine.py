@@ -131,7 +131,8 @@ async def test_concurrent_requests_are_merged_into_batches(engine: HFEngine) -> 
     assert max(engine.batch_sizes) >= 6, engine.batch_sizes  # merged, not one by one
     assert len(engine.batch_sizes) <= 3
     # Generation ran off the event loop: the ticker kept running meanwhile.
-    assert ticks >= 0.3 * elapsed / 0.01
+    # (a blocked loop ticks about once per batch; a busy machine still ticks far more often)
+    assert ticks >= max(10, 0.05 * elapsed / 0.01)
 
 
 async def test_shared_weights_sync_is_a_version_bump(engine: HFEngine, hf_model: Any) -> None:

