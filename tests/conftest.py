@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
 
 import pytest
 from gates import IN_CI, docker_problem, require_docker
@@ -37,3 +38,19 @@ def _docker_gate(request: pytest.FixtureRequest) -> None:
     """Every test marked ``docker`` needs the engine and the image (skip, or fail in CI)."""
     if request.node.get_closest_marker("docker"):
         require_docker()
+
+
+@pytest.fixture(autouse=True)
+def _registry_restored() -> Iterator[None]:
+    """Ids a test registers are removed after it, so no test sees another test's envs (the
+    built-in plugins are loaded first, so they stay)."""
+    import gymnasium
+
+    from agentgym import registry
+
+    registry.load_plugins()
+    before = set(registry.registry)
+    yield
+    for env_id in set(registry.registry) - before:
+        del registry.registry[env_id]
+        gymnasium.registry.pop(env_id, None)

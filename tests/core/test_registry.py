@@ -103,3 +103,13 @@ def test_a_broken_plugin_is_logged_not_fatal(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "agentgym/Calculator-v0" in out.stdout
     assert "no_such_plugin" in out.stderr
+
+
+def test_ids_registered_by_a_test_are_gone_in_the_next_one():
+    agentgym.register("tests/Leaky-v0", "agentgym.testing:ToyEnv")
+    assert "tests/Leaky-v0" in agentgym.list_envs()
+
+
+def test_the_previous_tests_id_was_removed():
+    assert "tests/Leaky-v0" not in agentgym.list_envs()
+    assert "tests/Leaky-v0" not in gymnasium.registry
