@@ -16,7 +16,8 @@ message, runs the tool calls it contains and returns the chat so far::
 * ``terminated``: the episode reached its end (a reply without tool calls, or a tool that ends
   it). ``truncated``: a budget ran out first (turns, policy tokens, wall time).
 * reward: 0.0 until the last step, then the rubric's total. If scoring fails (a judge or sandbox
-  fault) the reward is NaN and ``info["error"]`` says why: a failure is never a silent 0.
+  fault, or the end state could not be read) the reward is NaN and ``info["error"]`` (an
+  :class:`~agentgym.errors.ErrorRecord`) says why: a failure is never a silent 0.
 * info: ``task_id``, ``split``, ``turn``, ``tools`` (the schemas), and at the end
   ``reward_components`` (and ``error`` when scoring failed).
 
@@ -24,11 +25,16 @@ The async twins ``areset``/``astep`` hold the one implementation; ``reset``/``st
 an event loop the env owns. A task author subclasses :class:`AgentEnv` and writes ``load_tasks``,
 ``rubric`` and some ``@tool`` methods; the hooks ``setup_episode``, ``teardown_episode``,
 ``on_reply`` and ``final_state`` cover resources, multi-user-turn dialogues and state checks.
+Every hook is ``async def`` and runs on the event loop that plays many episodes at once, so a
+hook never blocks: it awaits async I/O (``httpx.AsyncClient``) or moves blocking work to a thread
+(``await asyncio.to_thread(...)``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +43,7 @@ from typing import Any, ClassVar
 import gymnasium
 
 from agentgym._sync import SyncRunner
-from agentgym.errors import AgentGymError, InvalidActionError, ResetNeededError
+from agentgym.errors import AgentGymError, ErrorRecord, InvalidActionError, ResetNeededError
 from agentgym.parsing import ParsedReply, parse_assistant_message
 from agentgym.rewards.rubric import Rubric
 from agentgym.spaces import AssistantMessageSpace, ChatSpace
@@ -45,6 +51,8 @@ from agentgym.tools import Tool, ToolBox
 from agentgym.types import Split, Task, ToolResult, Trajectory, Turn, as_messages
 
 __all__ = ["AgentEnv", "estimate_tokens"]
+
+logger = logging.getLogger(__name__)
 
 _TURN_KEYS = ("prompt_token_ids", "completion_token_ids", "logprobs", "weight_version")
 
@@ -94,6 +102,15 @@ class AgentEnv(gymnasium.Env):
     reward_kind: ClassVar[str] = "verifiable"
     """``verifiable``, ``verbal`` or ``self-feedback``."""
 
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        for name in ("setup_episode", "teardown_episode", "on_reply", "final_state"):
+            hook = cls.__dict__.get(name)
+            if hook is not None and not inspect.iscoroutinefunction(hook):
+                raise TypeError(
+                    f"{cls.__name__}.{name} must be 'async def': the rollout engine awaits it "
+                    "on a shared event loop (run blocking work with 'await asyncio.to_thread')")
+
     def __init__(self, *, split: Split = "train", max_turns: int = 8, max_tokens: int = 8192,
                  max_seconds: float | None = None, tool_timeout_s: float = 30.0,
                  max_tool_output_chars: int = 8000, env_id: str | None = None):
@@ -140,8 +157,15 @@ class AgentEnv(gymnasium.Env):
         """A reply without tool calls arrived: return messages to continue, or None to end."""
         return None
 
-    def final_state(self) -> Any:
-        """A JSON-able snapshot of the world at episode end, for state-checking rewards."""
+    async def final_state(self) -> Any:
+        """A JSON-able snapshot of the world at episode end, for state-checking rewards.
+
+        Awaited once when the episode ends, before scoring (and, best effort, when it fails, for
+        the record). Like every hook it must not block the event loop. Raise an
+        :class:`~agentgym.errors.AgentGymError` (e.g. :class:`~agentgym.errors.RewardError`)
+        when the state cannot be read: the episode is then recorded with that error, unscored.
+        Default: None.
+        """
         return None
 
     @classmethod
@@ -290,25 +314,26 @@ class AgentEnv(gymnasium.Env):
         return len(self._turns) >= self.max_turns or self._tokens >= self.max_tokens or over_time
 
     def _base_trajectory(self, terminated: bool, truncated: bool) -> Trajectory:
+        """The episode so far, without its final state."""
         assert self._task is not None
         return Trajectory(env_id=self.env_id, task_id=self._task.id,
                           messages=as_messages(self._messages), turns=tuple(self._turns),
-                          terminated=terminated, truncated=truncated,
-                          final_state=self.final_state())
+                          terminated=terminated, truncated=truncated)
 
     async def _finish(self, terminated: bool, truncated: bool) -> tuple[float, dict[str, Any]]:
         """Score the episode, release its resources, and return (reward, final info)."""
         assert self._task is not None
         trajectory = self._base_trajectory(terminated, truncated)
         try:
+            trajectory = dataclasses.replace(trajectory, final_state=await self.final_state())
             score = await self.rubric.score(trajectory, self._task)
         except AgentGymError as exc:
             if exc.blame == "user":
                 raise
-            error = {"type": type(exc).__name__, "blame": exc.blame, "message": str(exc)}
+            error = ErrorRecord.from_exception(exc)
             self._trajectory = dataclasses.replace(trajectory, error=error)
             await self._teardown()
-            return math.nan, {"reward_components": {}, "error": dict(error)}
+            return math.nan, {"reward_components": {}, "error": error}
         finally:
             self._done = True
         self._trajectory = dataclasses.replace(
@@ -317,11 +342,17 @@ class AgentEnv(gymnasium.Env):
         return score.reward, {"reward_components": dict(score.components)}
 
     async def _fail(self, exc: BaseException) -> None:
-        blame = exc.blame if isinstance(exc, AgentGymError) else "infra"
-        error = {"type": type(exc).__name__, "blame": blame, "message": str(exc)}
-        self._trajectory = dataclasses.replace(self._base_trajectory(False, False), error=error)
+        trajectory = dataclasses.replace(self._base_trajectory(False, False),
+                                         error=ErrorRecord.from_exception(exc))
         self._done = True
-        await self._teardown()
+        try:
+            trajectory = dataclasses.replace(trajectory, final_state=await self.final_state())
+        except AgentGymError as state_exc:  # the episode already failed with exc: keep that
+            logger.warning("%s: no final state for the failed episode (%s: %s)", self.env_id,
+                           type(state_exc).__name__, state_exc)
+        finally:
+            self._trajectory = trajectory
+            await self._teardown()
 
     async def aabort(self, exc: BaseException) -> Trajectory:
         """End the running episode because of a failure outside the env (policy down, timeout).

@@ -12,6 +12,11 @@ trainer, ``agentgym eval``) can decide without guessing. Each class carries ``bl
 * ``"user"``   -- the caller misused the library (unknown env id, step before reset, a bad
   ``@tool`` definition). Raised straight to the caller with a message that says how to fix it.
 
+A failure that is recorded rather than raised (on a trajectory, in an env's ``info``, in a row of
+an eval run) is an :class:`ErrorRecord`, built by one constructor,
+:meth:`ErrorRecord.from_exception`. Code that needs a detail (who is to blame, the HTTP status)
+reads a field of the record; nobody parses the message back.
+
 The tree::
 
     AgentGymError
@@ -26,7 +31,7 @@ The tree::
     │   ├── ToolParseError                 model  (bad JSON, no name, not an object)
     │   ├── UnknownToolError               model
     │   ├── ToolArgumentError              model  (missing / extra / wrong-typed arguments)
-    │   └── ToolExecutionError             model  (the tool raised)
+    │   └── ToolExecutionError             model  (the tool raised something else)
     ├── SandboxError                       infra
     │   ├── SandboxUnavailableError        infra  (no engine, no permission, no image)
     │   └── SandboxCrashedError            infra  (container or runner died)
@@ -45,7 +50,9 @@ The tree::
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Literal
 
 Blame = Literal["model", "infra", "user"]
 
@@ -57,6 +64,7 @@ __all__ = [
     "EntryPointError",
     "EnvError",
     "EpisodeTimeoutError",
+    "ErrorRecord",
     "InvalidActionError",
     "JudgeError",
     "PolicyConnectionError",
@@ -82,9 +90,56 @@ __all__ = [
 
 
 class AgentGymError(Exception):
-    """Base class of every agentgym error. ``blame`` says who caused it (see module docs)."""
+    """Base class of every agentgym error. ``blame`` says who caused it (see module docs).
+
+    Attributes:
+        status_code: the HTTP status of the answer that caused the error, for errors that come
+            from one (:class:`PolicyHTTPError`); None otherwise.
+    """
 
     blame: ClassVar[Blame] = "infra"
+    status_code: int | None = None
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A failure kept as data: on a trajectory, in an env's ``info``, in an eval results row.
+
+    Build one with :meth:`from_exception` where the failure is caught; store it with
+    :meth:`to_dict` and read it back with :meth:`from_dict`.
+
+    Attributes:
+        type: the exception's class name, e.g. ``"PolicyHTTPError"``.
+        blame: ``"model"``, ``"infra"`` or ``"user"`` (module docs); an exception that is not an
+            :class:`AgentGymError` (a bug in a tool or env) is ``"infra"``.
+        message: the exception's message.
+        status_code: the HTTP status when the exception carried one, else None.
+    """
+
+    type: str
+    blame: Blame
+    message: str
+    status_code: int | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorRecord:
+        """The record of ``exc``: its class name, blame, message and HTTP status."""
+        if isinstance(exc, AgentGymError):
+            return cls(type(exc).__name__, exc.blame, str(exc), exc.status_code)
+        return cls(type(exc).__name__, "infra", str(exc))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict with every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ErrorRecord:
+        """Read :meth:`to_dict` output back; dicts written before ``status_code`` existed (only
+        ``type``, ``blame`` and ``message``) load with ``status_code=None``."""
+        status = data.get("status_code")
+        return cls(type=str(data["type"]), blame=data.get("blame", "infra"),
+                   message=str(data.get("message", "")),
+                   status_code=None if status is None else int(status))
 
 
 # --- registry -------------------------------------------------------------------------------
@@ -163,7 +218,11 @@ class ToolArgumentError(ToolError):
 
 
 class ToolExecutionError(ToolError):
-    """The tool itself raised while running a well-formed call."""
+    """The tool itself raised (anything but an agentgym error) while running a well-formed call.
+
+    :class:`~agentgym.tools.ToolBox` raises it from the tool's exception, so the model sees the
+    original class name and message.
+    """
 
 
 # --- sandboxes ------------------------------------------------------------------------------
@@ -193,11 +252,7 @@ class PolicyConnectionError(PolicyError):
 
 
 class PolicyHTTPError(PolicyError):
-    """The policy server answered with a non-2xx status.
-
-    Attributes:
-        status_code: the HTTP status.
-    """
+    """The policy server answered with a non-2xx status (kept in ``status_code``)."""
 
     def __init__(self, message: str, status_code: int):
         super().__init__(message)

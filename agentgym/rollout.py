@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentgym.env import AgentEnv
-from agentgym.errors import AgentGymError, EpisodeTimeoutError, RewardError
+from agentgym.errors import AgentGymError, EpisodeTimeoutError, ErrorRecord, RewardError
 from agentgym.policy import Policy, SamplingParams
 from agentgym.trajectory_io import TrajectoryWriter
 from agentgym.types import Task, Trajectory
@@ -84,9 +84,9 @@ class Group:
         return [t.reward for t in self.trajectories]
 
     @property
-    def errors(self) -> list[dict[str, str]]:
+    def errors(self) -> list[ErrorRecord]:
         """The errors of the failed trajectories."""
-        return [dict(t.error) for t in self.trajectories if t.error is not None]
+        return [t.error for t in self.trajectories if t.error is not None]
 
 
 class RolloutEngine:
@@ -234,11 +234,9 @@ class RolloutEngine:
                      started: bool) -> Trajectory:
         if started:
             return await env.aabort(failure)
-        blame = failure.blame if isinstance(failure, AgentGymError) else "infra"
         task_id = str(options.get("task_id", options.get("task_index", "?")))
         return Trajectory(env_id=env.env_id, task_id=task_id, messages=(),
-                          error={"type": type(failure).__name__, "blame": blame,
-                                 "message": str(failure)})
+                          error=ErrorRecord.from_exception(failure))
 
     def _scoring_env(self) -> AgentEnv:
         """One env kept for its rubric and tasks; never stepped."""
@@ -255,7 +253,7 @@ class RolloutEngine:
         try:
             scored = await rubric.score_group(group.trajectories, task)
         except RewardError as exc:
-            error = {"type": type(exc).__name__, "blame": exc.blame, "message": str(exc)}
+            error = ErrorRecord.from_exception(exc)
             failed = tuple(dataclasses.replace(t, reward=None, error=error)
                            for t in group.trajectories)
             return Group(group.task_id, failed, dropped=True)

@@ -41,6 +41,7 @@ from agentgym.errors import (
     AgentGymError,
     ToolArgumentError,
     ToolDefinitionError,
+    ToolExecutionError,
     ToolParseError,
     ToolTimeoutError,
     UnknownToolError,
@@ -261,9 +262,6 @@ class ToolBox:
             if exc.blame != "model":
                 raise
             text, error_type = format_tool_error(exc), type(exc).__name__
-        except Exception as exc:  # the tool's own bug or a bad input it could not handle
-            text = format_tool_error(f"{type(exc).__name__}: {exc}")
-            error_type = "ToolExecutionError"
         return ToolResult(call_id=call.id, name=call.name or "?",
                           content=neutralize_special_tokens(self._truncate(text)),
                           error_type=error_type, duration_s=time.perf_counter() - started)
@@ -276,6 +274,14 @@ class ToolBox:
             offered = ", ".join(self.tools) or "none"
             raise UnknownToolError(f"unknown tool {call.name!r}; available tools: {offered}")
         selected.validate(call.arguments)
+        try:
+            return await self._call(selected, call)
+        except AgentGymError:
+            raise
+        except Exception as exc:  # the tool's own bug or a bad input it could not handle
+            raise ToolExecutionError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _call(self, selected: Tool, call: ToolCall) -> Any:
         if selected.inline:  # cannot be interrupted; a deadline would only add overhead
             return await selected(**call.arguments)
         deadline = asyncio.timeout(self.timeout_s)

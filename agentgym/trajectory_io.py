@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agentgym.errors import AgentGymError
+from agentgym.errors import AgentGymError, ErrorRecord
 from agentgym.jsonl import iter_jsonl
 from agentgym.types import ToolCall, ToolResult, Trajectory, Turn
 
@@ -51,6 +51,8 @@ def from_json(data: Mapping[str, Any]) -> Trajectory:
     fields = {k: v for k, v in data.items() if k != "schema_version"}
     fields["messages"] = tuple(fields["messages"])
     fields["turns"] = tuple(_turn(t) for t in fields["turns"])
+    if fields.get("error") is not None:  # lines written before status_code existed load too
+        fields["error"] = ErrorRecord.from_dict(fields["error"])
     return Trajectory(**fields)
 
 
@@ -110,9 +112,8 @@ async def rescore(trajectories: Sequence[Trajectory], env: Any) -> list[Trajecto
         try:
             score = await env.rubric.score(trajectory, tasks[trajectory.task_id])
         except AgentGymError as exc:
-            error = {"type": type(exc).__name__, "blame": exc.blame, "message": str(exc)}
             out.append(dataclasses.replace(trajectory, reward=None, reward_components={},
-                                           error=error))
+                                           error=ErrorRecord.from_exception(exc)))
             continue
         out.append(dataclasses.replace(trajectory, reward=score.reward,
                                        reward_components=dict(score.components)))

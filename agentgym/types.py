@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agentgym.errors import ErrorRecord
+
 Role = Literal["system", "user", "assistant", "tool"]
 Split = Literal["train", "eval"]
 
@@ -154,7 +156,7 @@ class Trajectory:
         reward: the weighted total, or None when scoring failed or never ran.
         reward_components: every named component, weighted or logged (weight 0).
         final_state: a JSON-able snapshot of the env's world at the end (for state checks).
-        error: ``{"type", "blame", "message"}`` when an infra failure spoiled the episode.
+        error: what spoiled the episode (an infra failure, or a scoring failure), or None.
     """
 
     env_id: str
@@ -166,7 +168,7 @@ class Trajectory:
     reward: float | None = None
     reward_components: Mapping[str, float] = field(default_factory=dict)
     final_state: Any = None
-    error: Mapping[str, str] | None = None
+    error: ErrorRecord | None = None
 
     @property
     def final_message(self) -> Mapping[str, Any] | None:

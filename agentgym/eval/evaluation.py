@@ -30,7 +30,6 @@ import dataclasses
 import datetime as dt
 import logging
 import platform
-import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -66,7 +65,9 @@ COMPARABLE_SETTINGS = ("split", "rollouts_per_example", "temperature", "top_p", 
 """Settings that change what a score means: runs differing in one are never pooled (the number
 of tasks is compared too). Seed, concurrency and deadlines are not among them."""
 
-_FATAL_STATUS = re.compile(r"answered (401|403|404)\b")
+_FATAL_STATUS = {401: "refused the credentials", 403: "refused the credentials",
+                 404: "does not know the model or route"}
+"""Policy HTTP statuses that every other rollout would hit too: the run stops on the first."""
 
 
 @dataclass(frozen=True)
@@ -225,16 +226,15 @@ class _Tally:
         return EvalProgress(self.done, self.total, mean, self.errors, elapsed, eta)
 
 
-def _check_fatal(rows: Sequence[Mapping[str, Any]]) -> None:
+def _check_fatal(trajectories: Sequence[Trajectory]) -> None:
     """Raise when a rollout failed in a way every other rollout will too (auth, no model)."""
-    for row in rows:
-        match = _FATAL_STATUS.search(row.get("error_message") or "")
-        if row.get("error") == "PolicyHTTPError" and match:
-            status = int(match.group(1))
-            what = "refused the credentials" if status in (401, 403) else \
-                "does not know the model or route"
-            raise PolicyHTTPError(f"the endpoint {what} (HTTP {status}): "
-                                  f"{row['error_message'][:200]}", status)
+    for trajectory in trajectories:
+        error = trajectory.error
+        if (error is not None and error.type == PolicyHTTPError.__name__
+                and error.status_code in _FATAL_STATUS):
+            raise PolicyHTTPError(f"the endpoint {_FATAL_STATUS[error.status_code]} "
+                                  f"(HTTP {error.status_code}): {error.message[:200]}",
+                                  error.status_code)
 
 
 async def _play(env_id: str, settings: EvalSettings, policy: Policy, task_ids: Sequence[str],
@@ -264,7 +264,7 @@ async def _play(env_id: str, settings: EvalSettings, policy: Policy, task_ids: S
                 trajectories.write(trajectory)
             results.write_rows(rows)
             tally.add(rows)
-            _check_fatal(rows)
+            _check_fatal(group.trajectories)
             if on_progress is not None:
                 on_progress(tally.progress())
         except BaseException as exc:  # stop the run; re-raised below, after clean-up

@@ -184,9 +184,9 @@ def result_row(trajectory: Trajectory, sample_index: int, latency_s: float | Non
         "prompt_tokens": prompt, "completion_tokens": completion, "tokens_exact": exact,
         "latency_s": None if latency_s is None else round(latency_s, 4),
         "terminated": trajectory.terminated, "truncated": trajectory.truncated,
-        "error": None if error is None else error.get("type"),
-        "error_blame": None if error is None else error.get("blame"),
-        "error_message": None if error is None else str(error.get("message", ""))[:500],
+        "error": None if error is None else error.type,
+        "error_blame": None if error is None else error.blame,
+        "error_message": None if error is None else error.message[:500],
     }
 
 

@@ -161,7 +161,7 @@ class BFCLMultiTurnEnv(AgentEnv):
             return clone_json(list(remaining[index]))
         return None
 
-    def final_state(self) -> dict[str, Any]:
+    async def final_state(self) -> dict[str, Any]:
         """Per finished user turn: both states and both execution-result lists (JSON-able)."""
         return {"turns": clone_json(self._record)}
 

@@ -3,7 +3,8 @@
 The env starts a real HTTP service on 127.0.0.1 (random port) on first reset and stops it on
 close; every episode resets the shop to the task's starting state. The agent's one tool,
 ``http_request``, reaches only that service's ``/api/`` routes. When the agent replies without a
-tool call the episode ends, and the env reads the end state back from the service. See
+tool call the episode ends, and the env reads the end state back from the service (with the same
+async client, so it never blocks the event loop other episodes run on). See
 README.md for the reward spec and version log.
 """
 
@@ -12,7 +13,10 @@ from __future__ import annotations
 import json as jsonlib
 from typing import Any, Literal
 
+import httpx
+
 from agentgym.env import AgentEnv
+from agentgym.errors import RewardError
 from agentgym.rewards import Reward, Rubric, final_state_match
 from agentgym.tasks.http_api.scenarios import split_scenarios
 from agentgym.tools import tool
@@ -85,8 +89,6 @@ class HttpAPIEnv(AgentEnv):
                        Reward("http_errors", http_errors, 0.0)])
 
     async def setup_episode(self, task: Task) -> None:
-        import httpx
-
         from agentgym.tasks.http_api.server import ShopServer
 
         if self._server is None:
@@ -94,14 +96,20 @@ class HttpAPIEnv(AgentEnv):
             self._client = httpx.AsyncClient(base_url=self._server.base_url, timeout=5.0)
         self._server.store.reset(task.metadata["initial_state"])
 
-    def final_state(self) -> Any:
-        """The judged shop state, read back from the live service."""
-        import httpx
+    async def final_state(self) -> Any:
+        """The judged shop state, read back from the live service.
 
-        response = httpx.get(f"{self._server.base_url}/_admin/state", timeout=5.0,
-                             headers={"X-Admin-Token": self._server.admin_token})
-        response.raise_for_status()
-        return response.json()
+        Raises:
+            RewardError: the service did not answer, or answered with an error status.
+        """
+        try:
+            response = await self._client.get(
+                "/_admin/state", headers={"X-Admin-Token": self._server.admin_token})
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body that is not JSON
+            raise RewardError(f"could not read the shop's end state: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
     @tool
     async def http_request(self, method: Literal["GET", "POST", "PATCH", "DELETE"], path: str,

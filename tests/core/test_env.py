@@ -123,8 +123,8 @@ async def test_a_failed_reward_is_an_error_not_a_zero():
     await env.areset(seed=0)
     _, reward, terminated, _, info = await env.astep("1")
     assert terminated and math.isnan(reward)
-    assert info["error"]["type"] == "JudgeError" and info["error"]["blame"] == "infra"
-    assert env.trajectory().reward is None and env.trajectory().error["type"] == "JudgeError"
+    assert info["error"].type == "JudgeError" and info["error"].blame == "infra"
+    assert env.trajectory().reward is None and env.trajectory().error == info["error"]
 
 
 async def test_infra_failure_in_a_tool_propagates_and_is_recorded():
@@ -147,7 +147,7 @@ async def test_infra_failure_in_a_tool_propagates_and_is_recorded():
     await env.areset(seed=0)
     with pytest.raises(SandboxCrashedError):
         await env.astep('<tool_call>{"name": "run_code", "arguments": {"code": "1"}}</tool_call>')
-    assert env.trajectory().error["blame"] == "infra" and released == [True]
+    assert env.trajectory().error.blame == "infra" and released == [True]
     with pytest.raises(ResetNeededError):
         await env.astep("x")
 

@@ -38,7 +38,15 @@ def test_every_error_has_a_blame_and_sits_under_the_root():
 
     for name in errors.__all__:
         cls = getattr(errors, name)
-        if isinstance(cls, type):
+        if isinstance(cls, type) and cls is not errors.ErrorRecord:
             assert issubclass(cls, errors.AgentGymError), name
             assert cls.blame in ("model", "infra", "user"), name
             assert name in errors.__doc__, f"{name} missing from the tree in errors.py"
+
+
+def test_errors_exports_every_error_class_the_record_and_nothing_else():
+    from agentgym import errors
+
+    defined = {name for name, value in vars(errors).items()
+               if isinstance(value, type) and issubclass(value, errors.AgentGymError)}
+    assert sorted(errors.__all__) == sorted(defined | {"Blame", "ErrorRecord"})

@@ -107,7 +107,7 @@ async def test_judge_failures_are_errors_not_zero():
     env = ToyEnv(rubric=Rubric([Reward("judge", JudgeReward(FakePolicy(["no grade here"])))]))
     env.reset(seed=0)
     _, reward, terminated, _, info = env.step("1")
-    assert terminated and math.isnan(reward) and info["error"]["type"] == "JudgeError"
+    assert terminated and math.isnan(reward) and info["error"].type == "JudgeError"
 
 
 async def test_constitutional_reward_weights_principles():

@@ -5,7 +5,12 @@ import math
 
 import pytest
 
-from agentgym.errors import PolicyConnectionError, SandboxCrashedError, TokenizationDriftError
+from agentgym.errors import (
+    ErrorRecord,
+    PolicyConnectionError,
+    SandboxCrashedError,
+    TokenizationDriftError,
+)
 from agentgym.policy import SamplingParams
 from agentgym.rewards import GroupReward, Reward, Rubric, numeric_match
 from agentgym.rollout import RolloutConfig, RolloutEngine
@@ -75,8 +80,7 @@ async def test_policy_failure_is_recorded_not_scored_zero():
     [group] = await engine.run_groups(["sum-train-1"])
     assert group.dropped and group.rewards.count(None) == 1
     [error] = group.errors
-    assert error == {"type": "PolicyConnectionError", "blame": "infra",
-                     "message": "connection refused"}
+    assert error == ErrorRecord("PolicyConnectionError", "infra", "connection refused")
 
 
 async def test_resample_replaces_failed_members():
@@ -99,8 +103,8 @@ async def test_turn_deadline_becomes_an_episode_timeout_error():
     slow = FakePolicy(responder=solver, delay_s=1.0)
     engine = RolloutEngine(ToyEnv, slow, RolloutConfig(turn_timeout_s=0.05))
     trajectory = await engine.run_episode({"task_index": 0})
-    assert trajectory.error["type"] == "EpisodeTimeoutError" and trajectory.reward is None
-    assert "policy turn exceeded 0.05s" in trajectory.error["message"]
+    assert trajectory.error.type == "EpisodeTimeoutError" and trajectory.reward is None
+    assert "policy turn exceeded 0.05s" in trajectory.error.message
 
 
 async def test_episode_deadline():
@@ -108,7 +112,7 @@ async def test_episode_deadline():
                            FakePolicy(responder=lambda m, t: ADD, delay_s=0.01),
                            RolloutConfig(episode_timeout_s=0.1))
     trajectory = await engine.run_episode({"task_index": 0})
-    assert trajectory.error["type"] == "EpisodeTimeoutError" and len(trajectory.turns) >= 2
+    assert trajectory.error.type == "EpisodeTimeoutError" and len(trajectory.turns) >= 2
 
 
 async def test_sandbox_crash_in_a_tool_is_an_infra_error():
@@ -124,16 +128,17 @@ async def test_sandbox_crash_in_a_tool_is_an_infra_error():
     call = '<tool_call>{"name": "run", "arguments": {"code": "1"}}</tool_call>'
     engine = RolloutEngine(lambda: ToyEnv(tools=[run]), FakePolicy(responder=lambda m, t: call))
     trajectory = await engine.run_episode({"task_index": 0})
-    assert trajectory.error["type"] == "SandboxCrashedError" and trajectory.reward is None
+    assert trajectory.error.type == "SandboxCrashedError" and trajectory.reward is None
     # the env is reusable afterwards
     trajectory = await engine.run_episode({"task_index": 0})
-    assert trajectory.error["type"] == "SandboxCrashedError"
+    assert trajectory.error.type == "SandboxCrashedError"
 
 
 async def test_unknown_task_fails_before_the_episode_starts():
     engine = RolloutEngine(ToyEnv, FakePolicy(responder=solver))
     trajectory = await engine.run_episode({"task_id": "nope"})
-    assert trajectory.error["type"] == "KeyError" and trajectory.task_id == "nope"
+    assert (trajectory.error.type, trajectory.error.blame) == ("KeyError", "infra")
+    assert trajectory.task_id == "nope" and trajectory.error.status_code is None
 
 
 async def test_group_rewards_see_the_whole_group():

@@ -1,7 +1,10 @@
 """HttpAPI-v0: a real shop service on 127.0.0.1, its failure paths, and its end-state reward."""
 
+import asyncio
 import json
+import math
 import socket
+import time
 from collections import Counter
 
 import httpx
@@ -120,3 +123,37 @@ def test_service_is_real_and_stops_on_close():
     port = int(base_url.rsplit(":", 1)[1])
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
+
+
+async def test_reading_the_end_state_never_blocks_the_event_loop(monkeypatch):
+    env = agentgym.make("agentgym/HttpAPI-v0", num_tasks=5)
+    await env.areset(seed=0)
+    store = env._server.store
+    outcome = store.outcome
+
+    def slow_outcome():  # runs in the server's thread: the service takes 0.6 s to answer
+        time.sleep(0.6)
+        return outcome()
+
+    monkeypatch.setattr(store, "outcome", slow_outcome)
+    gaps: list[float] = []
+    reading = asyncio.ensure_future(env.final_state())
+    last = time.monotonic()
+    while not reading.done():  # a heartbeat on the same loop, every 10 ms
+        await asyncio.sleep(0.01)
+        gaps.append(time.monotonic() - last)
+        last = time.monotonic()
+    assert await reading == outcome()
+    assert len(gaps) >= 10 and max(gaps) < 0.3, (len(gaps), max(gaps))
+    await env.aclose()
+
+
+async def test_an_unreachable_service_is_a_reward_error_not_a_crash():
+    env = agentgym.make("agentgym/HttpAPI-v0", num_tasks=5)
+    await env.areset(seed=0)
+    env._server.close()  # the service dies before the episode ends
+    _, reward, terminated, _, info = await env.astep("Done.")
+    assert terminated and math.isnan(reward)
+    assert (info["error"].type, info["error"].blame) == ("RewardError", "infra")
+    assert "could not read the shop's end state" in info["error"].message
+    await env.aclose()
