@@ -140,7 +140,9 @@ class BM25Index:
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The ``k`` best passages for ``query``, best first; passages scoring 0 are left out.
 
-        Equal scores are ordered by corpus position, so results are deterministic.
+        Equal scores are ordered by corpus position, also at the k-th place: which of several
+        passages tied there get in does not depend on numpy's partition algorithm (which picks
+        arbitrarily among ties; the choice may differ between numpy builds and CPUs).
         """
         import numpy as np
 
@@ -149,9 +151,10 @@ class BM25Index:
             return []
         scores = self._retriever.get_scores_from_ids(ids)  # [num_docs]
         k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]  # [k], unordered
-        top = top[np.lexsort((top, -scores[top]))]  # by score desc, then corpus order
-        return [Hit(self.passages[i], float(scores[i])) for i in top if scores[i] > 0]
+        kth = -np.partition(-scores, k - 1)[k - 1]  # the k-th best score
+        top = np.flatnonzero((scores >= kth) & (scores > 0))  # [>= k], ties at the k-th too
+        top = top[np.lexsort((top, -scores[top]))][:k]  # by score desc, then corpus order
+        return [Hit(self.passages[i], float(scores[i])) for i in top]
 
 
 _LOADED: dict[str, BM25Index] = {}

@@ -22,9 +22,17 @@ no country (nor any of its cities) asked about in eval appears in a train questi
 of a split comes from ``random.Random(f"search-v0:{split}:{i}")``; templates whose draw is
 unusable (a tie, a missing fact) are skipped and duplicates dropped, deterministically.
 
-Only unambiguous entities are asked about: cities of 100,000+ inhabitants whose accent-folded
-name is unique among all 34,000 cities, is not also a country's name and has 4+ characters;
-capitals that name a single country.
+Only unambiguous entities are asked about: cities of 100,000+ inhabitants with a name of 4+
+characters whose search words (:func:`~agentgym.tasks.search.index.tokenize`, without "city")
+occur all together in no other city's or country's name (so neither "Sector 5", which tokenizes
+to "sector" like Sectors 1 to 6, nor "Santa Cruz" next to "Santa Cruz de Tenerife", nor "Jersey
+City" next to the country Jersey); capitals that name a single country.
+
+Oracle queries (``Question.queries``): ``"<country> country capital"`` for a country passage,
+``"<city> city"`` for a city asked about by name, ``"<capital> capital"`` when only the capital is
+known, and ``"<capital> capital <country>"`` once the oracle has read the country passage: a
+capital's name alone can be shared by other cities (three more Washingtons, and "Washington city"
+scores the US capital the same as Fort Washington, Port Washington and Washington Heights).
 """
 
 from __future__ import annotations
@@ -32,11 +40,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agentgym.tasks.search.corpus import City, Country, FactBase, fold, load_facts
+from agentgym.tasks.search.index import tokenize
 
 __all__ = ["EVAL_PERCENT", "Question", "SplitPool", "make_question", "split_of", "split_questions"]
 
@@ -82,11 +91,33 @@ class SplitPool:
 
 
 def _country_query(country: Country) -> str:
-    return f"{country.name} country"
+    # "capital" and "country" together keep the country passage above cities that merely lie
+    # in it or carry its name ("Country Club is a city in United States").
+    return f"{country.name} country capital"
 
 
 def _city_query(city: City) -> str:
     return f"{city.name} city"
+
+
+def _capital_query(city: City, country: Country) -> str:
+    """The query for a capital whose country the oracle already knows."""
+    return f"{city.name} capital {country.name}"
+
+
+def _unambiguous_names(names: Iterable[str]) -> set[str]:
+    """The names whose search words occur all together in no other name of ``names``.
+
+    "city" does not count as a word of a name: every city passage says "... is a city in ...",
+    so "Roxas City" is as ambiguous as "Roxas" next to it.
+    """
+    words = {name: frozenset(tokenize(name)) - {"city"} for name in set(names)}
+    holders: dict[str, set[str]] = defaultdict(set)  # word -> names containing it
+    for name, name_words in words.items():
+        for word in name_words:
+            holders[word].add(name)
+    return {name for name, name_words in words.items()
+            if name_words and set.intersection(*(holders[w] for w in name_words)) == {name}}
 
 
 @functools.cache
@@ -98,13 +129,12 @@ def pool(split: str) -> SplitPool:
     capital_names = Counter(fold(c.capital) for c in facts.countries.values() if c.capital)
     capital_countries = tuple(c for c in countries if capital_names[fold(c.capital)] == 1
                               and facts.capital_city(c.code) is not None)
-    names = Counter(fold(c.name) for c in facts.cities.values())
-    country_names = {fold(c.name) for c in facts.countries.values()}
+    names = Counter(c.name for c in facts.cities.values())
+    unambiguous = _unambiguous_names([*names, *(c.name for c in facts.countries.values())])
     codes = {c.code for c in countries}
     cities = tuple(c for c in facts.cities.values() if c.country_code in codes
                    and c.population >= MIN_CITY_POPULATION and not c.is_capital
-                   and names[fold(c.name)] == 1 and fold(c.name) not in country_names
-                   and len(c.name) >= 4)
+                   and names[c.name] == 1 and c.name in unambiguous and len(c.name) >= 4)
     return SplitPool(facts, countries, capital_countries, cities)
 
 
@@ -178,7 +208,7 @@ def _bigger_capital(p: SplitPool, rng: random.Random) -> Question | None:
         f"Which is more populous, the capital of {a.name} or the capital of {b.name}?",
         (winner.name,), "bigger_capital", 2,
         (f"country:{a.code}", f"city:{ca.id}", f"country:{b.code}", f"city:{cb.id}"),
-        (_country_query(a), _city_query(ca), _country_query(b), _city_query(cb)))
+        (_country_query(a), _capital_query(ca, a), _country_query(b), _capital_query(cb, b)))
 
 
 def _bigger_country(p: SplitPool, rng: random.Random) -> Question | None:
@@ -205,7 +235,7 @@ def _city_vs_capital(p: SplitPool, rng: random.Random) -> Question | None:
         f"Which has more inhabitants, {city.name} or the capital of the country where "
         f"{city.name} lies?", (winner.name,), "city_vs_capital", 3,
         (f"city:{city.id}", f"country:{country.code}", f"city:{capital.id}"),
-        (_city_query(city), _country_query(country), _city_query(capital)))
+        (_city_query(city), _country_query(country), _capital_query(capital, country)))
 
 
 TEMPLATES: dict[str, Callable[[SplitPool, random.Random], Question | None]] = {
