@@ -1,23 +1,80 @@
-"""Plumbing both trainers share: seeding, run folders, envs, optimiser, policy + weight sync,
-and the progress bar. The algorithms themselves live in grpo.py and ppo.py."""
+"""What both trainers share: the config fields, the run's session, and the step plumbing.
+
+A trainer file (grpo.py, ppo.py) reads top to bottom as::
+
+    seed_everything(config.seed)
+    model, tokenizer = load_trainee(config)
+    session = await open_session(config, resume, model, tokenizer, group_size=..., kl_coef=...)
+    return await run_steps(session, one_step)
+
+:func:`open_session` builds the optimiser and the reference policy, restores a checkpoint when
+resuming (weights, optimiser, scheduler, every RNG, the extra ``heads`` such as PPO's value
+head) and starts the policy server, its weight sync and the rollout engine. :func:`run_steps`
+calls the algorithm's ``one_step(step, session)`` for each remaining step, checkpoints every
+``save_steps`` and closes everything at the end. ``one_step`` is the algorithm itself; it uses
+the session's helpers for what both algorithms do the same way: draw rollouts
+(:meth:`TrainingSession.rollouts`), turn trajectories into token sequences
+(:func:`to_sequences`), run torch work next to the embedded engine
+(:meth:`TrainingSession.compute`), time its phases (:func:`timed`) and log one metrics row
+(:meth:`TrainingSession.log_step`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
+import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
 
-__all__ = ["Progress", "TrainerConfig", "make_env_factory", "make_optimizer", "make_policy",
-           "make_rollout_engine", "run_folder", "run_training", "seed_everything",
-           "step_sampling"]
+import agentgym
+from agentgym.errors import TokenizationDriftError
+from agentgym.policies.hf_engine import HFEngine
+from agentgym.policies.model_prep import resolve_model
+from agentgym.policies.openai_client import OpenAIPolicy
+from agentgym.policies.vllm_server import VLLMServer, VLLMServerConfig
+from agentgym.policies.weight_sync import LoRASync, SharedWeightSync, WeightSync
+from agentgym.policy import Policy, SamplingParams
+from agentgym.registry import _load
+from agentgym.rollout import Group, RolloutConfig, RolloutEngine
+from agentgym.tokens import TokenSequence, build_token_sequence
+from agentgym.trainers.batch import Batch, policy_logprobs
+from agentgym.trainers.config import config_to_dict
+from agentgym.trainers.models import load_model, load_weights
+from agentgym.trainers.runs import RunDir
+from agentgym.types import Trajectory
+
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["Progress", "ReferenceLogprobs", "TrainerConfig", "TrainingSession", "load_trainee",
+           "make_env_factory", "make_optimizer", "make_policy", "make_rollout_engine",
+           "open_session", "reference_logprobs", "run_folder", "run_steps", "seed_everything",
+           "step_metrics", "step_sampling", "timed", "to_sequences"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+ReferenceLogprobs = Callable[[Batch], torch.Tensor]
+"""pi_ref's logprobs (``[B, R]``) of one micro-batch."""
 
 
 @dataclass
@@ -85,6 +142,11 @@ class TrainerConfig:
     """KV cache of the local vLLM server (engine ``"vllm"``)."""
 
 
+ConfigT = TypeVar("ConfigT", bound=TrainerConfig)
+
+
+# --- building the pieces --------------------------------------------------------------------
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch."""
     random.seed(seed)
@@ -98,11 +160,15 @@ def run_folder(output_dir: str, run_name: str | None, env_id: str) -> Path:
     return Path(output_dir) / name
 
 
-def make_env_factory(env_id: str, env_kwargs: dict[str, Any]) -> Callable[[], Any]:
-    """A zero-argument env factory for the train split (a registered id or ``module:Class``)."""
-    import agentgym
-    from agentgym.registry import _load
+def load_trainee(config: TrainerConfig) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """(model, tokenizer) to train: ``config.model``, wrapped in LoRA adapters if ``lora``."""
+    return load_model(config.model, lora=config.lora, lora_r=config.lora_r,
+                      lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      lora_target_modules=config.lora_target_modules, seed=config.seed)
 
+
+def make_env_factory(env_id: str, env_kwargs: dict[str, Any]) -> Callable[[], agentgym.AgentEnv]:
+    """A zero-argument env factory for the train split (a registered id or ``module:Class``)."""
     if "/" not in env_id and ":" in env_id:
         cls = _load(env_id)
         return lambda: cls(split="train", **env_kwargs)
@@ -110,27 +176,23 @@ def make_env_factory(env_id: str, env_kwargs: dict[str, Any]) -> Callable[[], An
     return lambda: agentgym.make(env_id, split="train", **env_kwargs)
 
 
-def step_sampling(config: TrainerConfig, step: int) -> Any:
+def step_sampling(config: TrainerConfig, step: int) -> SamplingParams:
     """Sampling settings of training step ``step``: a fresh, reproducible seed per step."""
-    from agentgym.policy import SamplingParams
-
     return SamplingParams(temperature=config.temperature, top_p=config.top_p,
                           max_tokens=config.max_completion_length,
                           seed=config.seed * 1_000_003 + step * 10_007)
 
 
-def make_rollout_engine(config: Any, policy: Any) -> Any:
+def make_rollout_engine(config: TrainerConfig, policy: Policy, group_size: int) -> RolloutEngine:
     """One rollout engine for the whole run: its envs (tasks loaded, servers started) are
     pooled across steps; each step only sets its sampling (:func:`step_sampling`)."""
-    from agentgym.rollout import RolloutConfig, RolloutEngine
-
     return RolloutEngine(make_env_factory(config.env_id, config.env_kwargs), policy,
-                         RolloutConfig(group_size=config.num_generations,
+                         RolloutConfig(group_size=group_size,
                                        max_concurrent=config.max_concurrent))
 
 
-def make_optimizer(model: Any, learning_rate: float, weight_decay: float,
-                   warmup_steps: int) -> tuple[Any, Any]:
+def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
+                   warmup_steps: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
     """AdamW over the trainable parameters, constant learning rate after a linear warm-up."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
@@ -139,29 +201,41 @@ def make_optimizer(model: Any, learning_rate: float, weight_decay: float,
     return optimizer, scheduler
 
 
-async def make_policy(config: Any, model: Any, tokenizer: Any,
-                      run_path: Path) -> tuple[Any, Any, Callable[[], Awaitable[None]]]:
+def reference_logprobs(model: torch.nn.Module, config: TrainerConfig,
+                       kl_coef: float) -> ReferenceLogprobs | None:
+    """pi_ref's logprobs: the base model with LoRA adapters disabled (no copy), or a frozen
+    copy for full fine-tuning; None when ``kl_coef == 0``. Call it before a checkpoint loads:
+    pi_ref is the model the run started from."""
+    if kl_coef == 0:
+        return None
+    if config.lora:
+        def with_adapters_off(mb: Batch) -> torch.Tensor:
+            with torch.no_grad(), model.disable_adapter():
+                return policy_logprobs(model, mb, config.temperature)[0]
+        return with_adapters_off
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def from_copy(mb: Batch) -> torch.Tensor:
+        with torch.no_grad():
+            return policy_logprobs(frozen, mb, config.temperature)[0]
+    return from_copy
+
+
+async def make_policy(config: TrainerConfig, model: torch.nn.Module,
+                      tokenizer: PreTrainedTokenizerBase, run_path: Path,
+                      ) -> tuple[Policy, WeightSync, Callable[[], Awaitable[None]]]:
     """(policy, weight sync, async closer) for ``config.engine``.
 
     ``hf``: the embedded engine serves the trainer's own module (sync = version bump).
     ``vllm``: a local vLLM server on the base model; LoRA adapters are hot-loaded every step.
     """
-    from agentgym.policies.weight_sync import SharedWeightSync
-
     if config.engine == "hf":
-        from agentgym.policies.hf_engine import HFEngine
-
         engine = HFEngine(model, tokenizer, max_batch_size=64, max_wait_s=0.02)
         return engine, SharedWeightSync(engine), engine.aclose
     if config.engine != "vllm":
         raise ValueError(f"engine must be 'hf' or 'vllm', got {config.engine!r}")
     if not config.lora:
         raise ValueError("engine 'vllm' syncs LoRA adapters: set lora: true")
-    from agentgym.policies.model_prep import resolve_model
-    from agentgym.policies.openai_client import OpenAIPolicy
-    from agentgym.policies.vllm_server import VLLMServer, VLLMServerConfig
-    from agentgym.policies.weight_sync import LoRASync
-
     server = VLLMServer(VLLMServerConfig(model=resolve_model(
         None if config.model == "smollm2" else config.model), max_lora_rank=config.lora_r,
         kv_cache_gib=config.vllm_kv_cache_gib))
@@ -177,28 +251,185 @@ async def make_policy(config: Any, model: Any, tokenizer: Any,
     return policy, sync, close
 
 
-async def run_training(policy: Any, fn: Callable[..., T], *args: Any) -> T:
-    """Run the trainer's compute ``fn(*args)``: in the embedded engine's compute thread when
-    the policy is one (shared weights: never during a generate; one thread for all torch
-    work), else right here (a vLLM server has its own copy of the weights)."""
-    if hasattr(policy, "run_exclusive"):
-        return await policy.run_exclusive(fn, *args)
-    return fn(*args)
+# --- the session ----------------------------------------------------------------------------
+
+@dataclass
+class TrainingSession(Generic[ConfigT]):
+    """The live objects of one run, built by :func:`open_session` and handed to every step."""
+
+    config: ConfigT
+    """The algorithm's config."""
+    run: RunDir
+    """The run folder (metrics, samples, checkpoints, trackers)."""
+    model: torch.nn.Module
+    """The trained module (a peft model with LoRA adapters, or the full model)."""
+    tokenizer: PreTrainedTokenizerBase
+    """The model's tokenizer (its pad id pads batches)."""
+    optimizer: torch.optim.Optimizer
+    """AdamW over the trainable parameters of the model and the heads."""
+    scheduler: LRScheduler
+    """Linear warm-up, then constant."""
+    task_rng: np.random.Generator
+    """Draws each step's tasks; checkpointed with the other RNGs."""
+    policy: Policy
+    """Generates the rollouts (the embedded engine, or a vLLM server's client)."""
+    sync: WeightSync
+    """Pushes the trained weights to ``policy`` after each step."""
+    engine: RolloutEngine
+    """Plays the episodes, with its envs pooled across steps."""
+    close_policy: Callable[[], Awaitable[None]]
+    """Stops ``policy`` (and its server)."""
+    ref: ReferenceLogprobs | None = None
+    """pi_ref's logprobs, or None when there is no KL term."""
+    heads: dict[str, torch.nn.Module] = field(default_factory=dict)
+    """Modules trained next to the model (PPO's value head), checkpointed as ``<name>.pt``."""
+    start: int = 0
+    """The last step already done (the resumed checkpoint's step, 0 for a new run)."""
+    task_ids: list[str] = field(default_factory=list)
+    """Ids of the train split's tasks, in the env's order."""
+
+    async def rollouts(self, step: int, task_ids: list[str]) -> list[Group]:
+        """Play the groups of ``task_ids`` with step ``step``'s sampling seed."""
+        self.engine.set_sampling(step_sampling(self.config, step))
+        return await self.engine.run_groups(task_ids)
+
+    async def compute(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the trainer's compute ``fn(*args)``: in the embedded engine's compute thread when
+        the policy is one (shared weights: never during a generate; one thread for all torch
+        work), else right here (a vLLM server has its own copy of the weights)."""
+        if isinstance(self.policy, HFEngine):
+            return await self.policy.run_exclusive(fn, *args)
+        return fn(*args)
+
+    def log_step(self, step: int, groups: list[Group], stats: dict[str, float],
+                 timings: dict[str, float], counts: dict[str, int],
+                 batch: Batch | None) -> dict[str, Any]:
+        """Write step ``step``'s metrics row (and a few samples); returns the row."""
+        row = {"step": step, **step_metrics(groups, stats, timings, counts, batch),
+               "learning_rate": self.scheduler.get_last_lr()[0]}
+        self.run.log_metrics(row)
+        self.run.log_samples(step, [t for g in groups for t in g.trajectories]
+                             [: self.config.log_samples])
+        return row
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Checkpoint the model, the heads, optimiser, scheduler and RNGs at ``step``."""
+        return self.run.save_checkpoint(
+            step, self.model, self.optimizer, self.scheduler, self.task_rng,
+            extra={name: head.state_dict() for name, head in self.heads.items()})
+
+    async def aclose(self) -> None:
+        """Close the rollout engine, the policy and the trackers."""
+        try:
+            await self.engine.aclose()
+            await self.close_policy()
+        finally:
+            self.run.close()
+
+
+async def open_session(config: ConfigT, resume: str | Path | None, model: torch.nn.Module,
+                       tokenizer: PreTrainedTokenizerBase, *, group_size: int, kl_coef: float,
+                       heads: dict[str, torch.nn.Module] | None = None,
+                       ) -> TrainingSession[ConfigT]:
+    """Everything a run needs around ``model``; restores the newest checkpoint of ``resume``.
+
+    Args:
+        resume: a run folder to continue exactly, or None for a new one.
+        group_size: episodes per task.
+        kl_coef: the KL coefficient (0: no reference policy is kept).
+        heads: modules trained and checkpointed with the model (one optimiser for all).
+    """
+    heads = heads or {}
+    run = RunDir(resume) if resume else RunDir(run_folder(config.output_dir, config.run_name,
+                                                          config.env_id))
+    trained = torch.nn.ModuleList([model, *heads.values()]) if heads else model
+    optimizer, scheduler = make_optimizer(trained, config.learning_rate, config.weight_decay,
+                                          config.warmup_steps)
+    task_rng = np.random.default_rng(config.seed)
+    ref = reference_logprobs(model, config, kl_coef)  # before a checkpoint loads
+    start = 0
+    if resume and run.checkpoints():
+        start, weights = run.load_checkpoint(optimizer, scheduler, task_rng)
+        load_weights(model, weights, config.lora)
+        for name, head in heads.items():
+            head.load_state_dict(torch.load(weights.parent / f"{name}.pt"))
+        run.truncate_to(start)
+        logger.info("resumed %s at step %d", run.path, start)
+    run.write_config(config_to_dict(config))
+    run.open_trackers(config.report_to, config_to_dict(config), start if resume else None)
+    policy, sync, close_policy = await make_policy(config, model, tokenizer, run.path)
+    engine = make_rollout_engine(config, policy, group_size)
+    return TrainingSession(config, run, model, tokenizer, optimizer, scheduler, task_rng, policy,
+                           sync, engine, close_policy, ref=ref, heads=heads, start=start,
+                           task_ids=[t.id for t in engine.tasks])
+
+
+async def run_steps(session: TrainingSession[ConfigT],
+                    one_step: Callable[[int, TrainingSession[ConfigT]],
+                                       Awaitable[dict[str, Any]]]) -> Path:
+    """``one_step(step, session)`` for every step after ``session.start``, a checkpoint every
+    ``save_steps`` and at the end; closes the session. Returns the run folder."""
+    config = session.config
+    try:
+        with Progress(config.max_steps, session.start) as progress:
+            for step in range(session.start + 1, config.max_steps + 1):
+                row = await one_step(step, session)
+                progress.advance(step, row["reward_mean"])
+                if step % config.save_steps == 0 or step == config.max_steps:
+                    session.save_checkpoint(step)
+    finally:
+        await session.aclose()
+    return session.run.path
+
+
+# --- step helpers ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of the ``with`` block as ``timings[name]`` (seconds)."""
+    started = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - started
+
+
+def to_sequences(trajectories: list[Trajectory], values: list[float],
+                 ) -> tuple[list[TokenSequence], list[float], int]:
+    """Token sequences of the trajectories and the values that go with the kept ones
+    (template drift drops a trajectory, and is counted)."""
+    sequences, kept, drift = [], [], 0
+    for trajectory, value in zip(trajectories, values, strict=True):
+        try:
+            sequences.append(build_token_sequence(trajectory))
+            kept.append(value)
+        except TokenizationDriftError as exc:
+            drift += 1
+            logger.warning("dropping %s: %s", trajectory.task_id, exc)
+    return sequences, kept, drift
+
+
+def step_metrics(groups: list[Group], stats: dict[str, float], timings: dict[str, float],
+                 counts: dict[str, int], batch: Batch | None) -> dict[str, Any]:
+    """One metrics.jsonl row (without ``step`` and ``learning_rate``)."""
+    rewards = [r for g in groups if not g.dropped for r in g.rewards if r is not None]
+    components: dict[str, list[float]] = {}
+    for group in groups:
+        for trajectory in group.trajectories:
+            for name, value in trajectory.reward_components.items():
+                components.setdefault(name, []).append(value)
+    return {
+        "reward_mean": float(np.mean(rewards)) if rewards else math.nan,
+        "reward_std": float(np.std(rewards)) if rewards else math.nan,
+        **{f"reward/{k}": float(np.mean(v)) for k, v in components.items()},
+        **stats, **counts,
+        "policy_tokens": int(batch.mask.sum()) if batch is not None else 0,
+        **{f"time/{k}": round(v, 3) for k, v in timings.items()},
+    }
 
 
 class Progress:
     """A rich progress bar over training steps showing the latest mean reward and the ETA."""
 
     def __init__(self, total: int, start: int = 0):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as RichProgress
-
         self._bar = RichProgress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
                                  TextColumn("reward {task.fields[reward]}"),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())

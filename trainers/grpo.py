@@ -37,33 +37,26 @@ of ``num_generations``.
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from agentgym.errors import TokenizationDriftError
-from agentgym.rollout import Group, RolloutEngine
-from agentgym.tokens import TokenSequence, build_token_sequence
+from agentgym.rollout import Group
 from agentgym.trainers.batch import Batch, pack, policy_logprobs
 from agentgym.trainers.common import (
-    Progress,
+    ReferenceLogprobs,
     TrainerConfig,
-    make_optimizer,
-    make_policy,
-    make_rollout_engine,
-    run_folder,
-    run_training,
+    TrainingSession,
+    load_trainee,
+    open_session,
+    run_steps,
     seed_everything,
-    step_sampling,
+    timed,
+    to_sequences,
 )
-from agentgym.trainers.config import config_to_dict
 from agentgym.trainers.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -72,13 +65,12 @@ from agentgym.trainers.losses import (
     masked_mean,
     truncated_importance_weights,
 )
-from agentgym.trainers.models import load_model, load_weights
-from agentgym.trainers.runs import RunDir
 from agentgym.types import Trajectory
 
-__all__ = ["GRPOConfig", "train"]
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
 
-logger = logging.getLogger(__name__)
+__all__ = ["GRPOConfig", "train"]
 
 
 @dataclass
@@ -141,22 +133,9 @@ def advantages_for(groups: list[Group], scale: bool) -> tuple[list[Trajectory], 
     return chosen, advantages, zero_variance
 
 
-def to_sequences(trajectories: list[Trajectory], advantages: list[float],
-                 ) -> tuple[list[TokenSequence], list[float], int]:
-    """Token sequences of the trajectories (template drift drops one, and is counted)."""
-    sequences, kept, drift = [], [], 0
-    for trajectory, advantage in zip(trajectories, advantages, strict=True):
-        try:
-            sequences.append(build_token_sequence(trajectory))
-            kept.append(advantage)
-        except TokenizationDriftError as exc:
-            drift += 1
-            logger.warning("dropping %s: %s", trajectory.task_id, exc)
-    return sequences, kept, drift
-
-
-def update(model: Any, ref: Callable[[Batch], torch.Tensor] | None, optimizer: Any,
-           scheduler: Any, batch: Batch, config: GRPOConfig) -> dict[str, float]:
+def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
+           optimizer: torch.optim.Optimizer, scheduler: LRScheduler, batch: Batch,
+           config: GRPOConfig) -> dict[str, float]:
     """``num_iterations`` optimiser steps on one batch; returns loss statistics."""
     rows, tokens = len(batch), int(batch.mask.sum())
     max_len = config.max_completion_length
@@ -199,122 +178,39 @@ def update(model: Any, ref: Callable[[Batch], torch.Tensor] | None, optimizer: A
     return {k: (v / n if k != "grad_norm" else v) for k, v in stats.items()}
 
 
-def reference_logprobs(model: Any, config: GRPOConfig) -> Callable[[Batch], torch.Tensor] | None:
-    """pi_ref's logprobs: the base model with LoRA adapters disabled (no copy), or a frozen
-    copy for full fine-tuning; None when ``beta == 0``."""
-    if config.beta == 0:
-        return None
-    if config.lora:
-        def with_adapters_off(mb: Batch) -> torch.Tensor:
-            with torch.no_grad(), model.disable_adapter():
-                return policy_logprobs(model, mb, config.temperature)[0]
-        return with_adapters_off
-    import copy
-
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
-
-    def from_copy(mb: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            return policy_logprobs(frozen, mb, config.temperature)[0]
-    return from_copy
-
-
-def step_metrics(groups: list[Group], stats: dict[str, float], timings: dict[str, float],
-                 counts: dict[str, int], batch: Batch | None) -> dict[str, Any]:
-    """One metrics.jsonl row."""
-    rewards = [r for g in groups if not g.dropped for r in g.rewards if r is not None]
-    components: dict[str, list[float]] = {}
-    for group in groups:
-        for trajectory in group.trajectories:
-            for name, value in trajectory.reward_components.items():
-                components.setdefault(name, []).append(value)
-    row: dict[str, Any] = {
-        "reward_mean": float(np.mean(rewards)) if rewards else math.nan,
-        "reward_std": float(np.std(rewards)) if rewards else math.nan,
-        **{f"reward/{k}": float(np.mean(v)) for k, v in components.items()},
-        **stats, **counts,
-        "policy_tokens": int(batch.mask.sum()) if batch is not None else 0,
-        **{f"time/{k}": round(v, 3) for k, v in timings.items()},
-    }
-    return row
+async def one_step(step: int, s: TrainingSession[GRPOConfig]) -> dict[str, Any]:
+    """Rollouts -> advantages -> update -> sync -> log, for one step."""
+    config, timings = s.config, {}
+    with timed(timings, "generate"):
+        drawn = s.task_rng.integers(len(s.task_ids), size=config.tasks_per_step)
+        groups = await s.rollouts(step, [s.task_ids[int(i)] for i in drawn])
+    with timed(timings, "score"):
+        usable = [g for g in groups if not g.dropped]
+        trajectories, advantages, zero_variance = advantages_for(usable, config.scale_rewards)
+        sequences, advantages, drift = to_sequences(trajectories, advantages)
+    stats: dict[str, float] = {}
+    batch = None
+    with timed(timings, "train"):
+        if sequences:
+            batch = pack(sequences, advantages, s.tokenizer.pad_token_id or 0)
+            s.model.train()
+            stats = await s.compute(update, s.model, s.ref, s.optimizer, s.scheduler, batch,
+                                    config)
+            s.model.eval()
+    with timed(timings, "sync"):
+        await s.sync.push(s.model, step)
+    counts = {"zero_variance_groups": zero_variance, "dropped_groups": len(groups) - len(usable),
+              "drift_dropped": drift, "episodes": sum(len(g.trajectories) for g in groups)}
+    return s.log_step(step, groups, stats, timings, counts, batch)
 
 
 async def train_async(config: GRPOConfig, resume: str | Path | None = None) -> Path:
     """Run GRPO; returns the run folder. ``resume`` continues a run folder exactly."""
     seed_everything(config.seed)
-    run = RunDir(resume) if resume else RunDir(run_folder(config.output_dir, config.run_name,
-                                                          config.env_id))
-    model, tokenizer = load_model(config.model, lora=config.lora, lora_r=config.lora_r,
-                                  lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                  lora_target_modules=config.lora_target_modules,
-                                  seed=config.seed)
-    optimizer, scheduler = make_optimizer(model, config.learning_rate, config.weight_decay,
-                                          config.warmup_steps)
-    task_rng = np.random.default_rng(config.seed)
-    ref = reference_logprobs(model, config)  # before a checkpoint loads: pi_ref is the start
-    start = 0
-    if resume and run.checkpoints():
-        start, weights = run.load_checkpoint(optimizer, scheduler, task_rng)
-        load_weights(model, weights, config.lora)
-        run.truncate_to(start)
-        logger.info("resumed %s at step %d", run.path, start)
-    run.write_config(config_to_dict(config))
-    run.open_trackers(config.report_to, config_to_dict(config), start if resume else None)
-    policy, sync, closer = await make_policy(config, model, tokenizer, run.path)
-    engine = make_rollout_engine(config, policy)
-    task_ids = [t.id for t in engine.tasks]
-    try:
-        with Progress(config.max_steps, start) as progress:
-            for step in range(start + 1, config.max_steps + 1):
-                row = await one_step(step, config, model, tokenizer, sync, ref,
-                                     optimizer, scheduler, engine, task_ids, task_rng, run)
-                progress.advance(step, row["reward_mean"])
-                if step % config.save_steps == 0 or step == config.max_steps:
-                    run.save_checkpoint(step, model, optimizer, scheduler, task_rng)
-    finally:
-        await engine.aclose()
-        await closer()
-        run.close()
-    return run.path
-
-
-async def one_step(step: int, config: GRPOConfig, model: Any, tokenizer: Any, sync: Any,
-                   ref: Any, optimizer: Any, scheduler: Any, engine: RolloutEngine,
-                   task_ids: list[str], task_rng: np.random.Generator,
-                   run: RunDir) -> dict[str, Any]:
-    """Rollouts -> advantages -> update -> sync -> log, for one step."""
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    chosen = [task_ids[int(i)] for i in task_rng.integers(len(task_ids),
-                                                          size=config.tasks_per_step)]
-    engine.set_sampling(step_sampling(config, step))
-    groups = await engine.run_groups(chosen)
-    timings["generate"] = time.perf_counter() - started
-    started = time.perf_counter()
-    usable = [g for g in groups if not g.dropped]
-    trajectories, advantages, zero_variance = advantages_for(usable, config.scale_rewards)
-    sequences, advantages, drift = to_sequences(trajectories, advantages)
-    timings["score"] = time.perf_counter() - started
-    stats: dict[str, float] = {}
-    batch = None
-    started = time.perf_counter()
-    if sequences:
-        batch = pack(sequences, advantages, tokenizer.pad_token_id or 0)
-        model.train()
-        stats = await run_training(engine.policy, update, model, ref, optimizer, scheduler,
-                                   batch, config)
-        model.eval()
-    timings["train"] = time.perf_counter() - started
-    started = time.perf_counter()
-    await sync.push(model, step)
-    timings["sync"] = time.perf_counter() - started
-    counts = {"zero_variance_groups": zero_variance, "dropped_groups": len(groups) - len(usable),
-              "drift_dropped": drift, "episodes": sum(len(g.trajectories) for g in groups)}
-    row = {"step": step, **step_metrics(groups, stats, timings, counts, batch),
-           "learning_rate": scheduler.get_last_lr()[0]}
-    run.log_metrics(row)
-    run.log_samples(step, [t for g in groups for t in g.trajectories][: config.log_samples])
-    return row
+    model, tokenizer = load_trainee(config)
+    session = await open_session(config, resume, model, tokenizer,
+                                 group_size=config.num_generations, kl_coef=config.beta)
+    return await run_steps(session, one_step)
 
 
 def train(config: GRPOConfig, resume: str | Path | None = None) -> Path:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["load_model", "load_weights"]
 
@@ -13,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 def load_model(name: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_dropout: float,
-               lora_target_modules: list[str], seed: int) -> tuple[Any, Any]:
+               lora_target_modules: list[str], seed: int,
+               ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """(model, tokenizer) for ``name``.
 
     Args:
@@ -45,7 +50,7 @@ def load_model(name: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_drop
     return model, tokenizer
 
 
-def load_weights(model: Any, folder: Path, lora: bool) -> None:
+def load_weights(model: torch.nn.Module, folder: Path, lora: bool) -> None:
     """Load the weights a checkpoint saved with ``save_pretrained`` into ``model`` in place."""
     from safetensors.torch import load_file
 
@@ -58,7 +63,7 @@ def load_weights(model: Any, folder: Path, lora: bool) -> None:
             raise RuntimeError(f"checkpoint has unexpected keys: {result.unexpected_keys[:5]}")
         return
     files = sorted(folder.glob("*.safetensors"))
-    state: dict[str, Any] = {}
+    state: dict[str, torch.Tensor] = {}
     for file in files:
         state.update(load_file(str(file)))
     missing, unexpected = model.load_state_dict(state, strict=False)

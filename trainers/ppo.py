@@ -47,31 +47,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from agentgym.rollout import Group, RolloutEngine
+from agentgym.rollout import Group
 from agentgym.trainers.batch import Batch, pack, response_outputs
 from agentgym.trainers.common import (
-    Progress,
+    ReferenceLogprobs,
     TrainerConfig,
-    make_optimizer,
-    make_policy,
-    make_rollout_engine,
-    run_folder,
-    run_training,
+    TrainingSession,
+    load_trainee,
+    open_session,
+    run_steps,
     seed_everything,
-    step_sampling,
+    timed,
+    to_sequences,
 )
-from agentgym.trainers.config import config_to_dict
-from agentgym.trainers.grpo import reference_logprobs, step_metrics, to_sequences
 from agentgym.trainers.losses import (
     KL_ESTIMATORS,
     clipped_policy_loss,
@@ -81,12 +75,8 @@ from agentgym.trainers.losses import (
     token_logprobs,
     value_loss,
 )
-from agentgym.trainers.models import load_model, load_weights
-from agentgym.trainers.runs import RunDir
 
 __all__ = ["PPOConfig", "Targets", "forward", "prepare", "train", "update"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,11 +123,6 @@ class PPOConfig(TrainerConfig):
                self.num_mini_batches, self.micro_batch_size) < 1:
             raise ValueError("batch sizes, epochs and minibatches must be >= 1")
 
-    @property
-    def beta(self) -> float:
-        """``kl_coef`` under GRPO's name (what ``grpo.reference_logprobs`` reads)."""
-        return self.kl_coef
-
 
 @dataclass
 class Targets:
@@ -162,7 +147,7 @@ class Targets:
         return Targets(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
 
 
-def value_head_for(model: Any) -> torch.nn.Linear:
+def value_head_for(model: torch.nn.Module) -> torch.nn.Linear:
     """A zero-initialised ``Linear(hidden, 1)`` sized by the model's output embedding."""
     head = torch.nn.Linear(model.get_output_embeddings().in_features, 1)
     torch.nn.init.zeros_(head.weight)
@@ -170,7 +155,7 @@ def value_head_for(model: Any) -> torch.nn.Linear:
     return head
 
 
-def forward(model: Any, value_head: torch.nn.Module, batch: Batch, temperature: float,
+def forward(model: torch.nn.Module, value_head: torch.nn.Module, batch: Batch, temperature: float,
             entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logprobs, values, entropies), each ``[B, R]``, from one forward pass.
 
@@ -213,12 +198,12 @@ def token_rewards(scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor,
 
 
 @torch.no_grad()
-def prepare(model: Any, value_head: torch.nn.Module, ref: Callable[[Batch], torch.Tensor] | None,
+def prepare(model: torch.nn.Module, value_head: torch.nn.Module, ref: ReferenceLogprobs | None,
             batch: Batch, scores: torch.Tensor, config: PPOConfig) -> Targets:
     """pi_old, V_old, the KL-penalised token rewards, GAE advantages and returns of a batch.
 
     Args:
-        ref: pi_ref's logprobs per micro-batch (``grpo.reference_logprobs``), or None.
+        ref: pi_ref's logprobs per micro-batch (``common.reference_logprobs``), or None.
         scores: ``[B]`` episode rewards.
     """
     logps, values, refs = [], [], []
@@ -240,8 +225,8 @@ def prepare(model: Any, value_head: torch.nn.Module, ref: Callable[[Batch], torc
                    advantages=masked_whiten(advantages, mask))
 
 
-def minibatch_backward(model: Any, value_head: torch.nn.Module, batch: Batch, targets: Targets,
-                       config: PPOConfig) -> dict[str, float]:
+def minibatch_backward(model: torch.nn.Module, value_head: torch.nn.Module, batch: Batch,
+                       targets: Targets, config: PPOConfig) -> dict[str, float]:
     """Accumulate the gradient of one minibatch's loss (token mean over its policy tokens)."""
     tokens = float(batch.mask.sum().clamp(min=1))
     stats = dict.fromkeys(("loss", "policy_loss", "value_loss", "entropy", "clip_fraction",
@@ -272,8 +257,9 @@ def minibatch_backward(model: Any, value_head: torch.nn.Module, batch: Batch, ta
     return stats
 
 
-def update(model: Any, value_head: torch.nn.Module, optimizer: Any, batch: Batch,
-           targets: Targets, config: PPOConfig, generator: torch.Generator) -> dict[str, float]:
+def update(model: torch.nn.Module, value_head: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           batch: Batch, targets: Targets, config: PPOConfig,
+           generator: torch.Generator) -> dict[str, float]:
     """``num_ppo_epochs`` x ``num_mini_batches`` optimiser steps; returns their mean stats."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     totals: dict[str, float] = {}
@@ -293,119 +279,54 @@ def update(model: Any, value_head: torch.nn.Module, optimizer: Any, batch: Batch
     return {name: value / updates for name, value in totals.items()}
 
 
-@dataclass
-class Session:
-    """The live objects of a run, handed from step to step."""
-
-    config: PPOConfig
-    run: RunDir
-    model: Any
-    tokenizer: Any
-    value_head: torch.nn.Linear
-    optimizer: Any
-    scheduler: Any
-    task_rng: np.random.Generator
-    policy: Any = None
-    sync: Any = None
-    ref: Callable[[Batch], torch.Tensor] | None = None
-    engine: RolloutEngine | None = None
-    task_ids: list[str] = field(default_factory=list)
+async def play(step: int, s: TrainingSession[PPOConfig]) -> list[Group]:
+    """This step's episodes: ``tasks_per_step`` tasks x ``num_generations`` each."""
+    config, n = s.config, len(s.task_ids)
+    drawn = s.task_rng.choice(n, size=config.tasks_per_step, replace=config.tasks_per_step > n)
+    return await s.rollouts(step, [s.task_ids[int(i)] for i in drawn])
 
 
-def open_session(config: PPOConfig, resume: str | Path | None) -> tuple[Session, int]:
-    """Load the model, add the value head, build the optimiser; restore a checkpoint if
-    resuming. Returns (the session without policy or env yet, the step to continue after)."""
-    seed_everything(config.seed)
-    path = resume or run_folder(config.output_dir, config.run_name, config.env_id)
-    lora_args = ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "seed")
-    model, tokenizer = load_model(config.model, **{k: getattr(config, k) for k in lora_args})
-    value_head = value_head_for(model)
-    both = torch.nn.ModuleList([model, value_head])  # one optimiser over policy + value head
-    optimizer, scheduler = make_optimizer(both, config.learning_rate, config.weight_decay,
-                                          config.warmup_steps)
-    session = Session(config, RunDir(path), model, tokenizer, value_head, optimizer, scheduler,
-                      np.random.default_rng(config.seed),
-                      ref=reference_logprobs(model, config))  # before a checkpoint loads
-    start = 0
-    if resume and session.run.checkpoints():
-        start, weights = session.run.load_checkpoint(optimizer, scheduler, session.task_rng)
-        load_weights(model, weights, config.lora)
-        value_head.load_state_dict(torch.load(weights.parent / "value_head.pt"))
-        session.run.truncate_to(start)
-        logger.info("resumed %s at step %d", session.run.path, start)
-    return session, start
+async def one_step(step: int, s: TrainingSession[PPOConfig]) -> dict[str, Any]:
+    """Rollouts -> rewards, values, GAE -> PPO epochs -> sync -> log, for one step."""
+    config, value_head, timings = s.config, s.heads["value_head"], {}
+    with timed(timings, "generate"):
+        groups = await play(step, s)
+    stats: dict[str, float] = {}
+    with timed(timings, "score"):
+        episodes = [t for g in groups if not g.dropped for t in g.trajectories
+                    if t.reward is not None]
+        sequences, scores, drift = to_sequences(episodes, [float(t.reward) for t in episodes])
+        batch = pack(sequences, scores, s.tokenizer.pad_token_id or 0) if sequences else None
+        if batch is not None:
+            s.model.eval()
+            targets = await s.compute(prepare, s.model, value_head, s.ref, batch,
+                                      batch.advantages, config)
+            stats = {"kl": float(masked_mean(targets.kl, batch.mask)),
+                     "value_mean": float(masked_mean(targets.old_values, batch.mask)),
+                     "return_mean": float(masked_mean(targets.returns, batch.mask))}
+    with timed(timings, "train"):
+        if batch is not None:
+            s.model.train()
+            generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
+            stats |= await s.compute(update, s.model, value_head, s.optimizer, batch, targets,
+                                     config, generator)
+            s.model.eval()
+        s.scheduler.step()
+    with timed(timings, "sync"):
+        await s.sync.push(s.model, step)
+    counts = {"dropped_episodes": sum(len(g.trajectories) for g in groups) - len(episodes),
+              "drift_dropped": drift, "episodes": sum(len(g.trajectories) for g in groups)}
+    return s.log_step(step, groups, stats, timings, counts, batch)
 
 
 async def train_async(config: PPOConfig, resume: str | Path | None = None) -> Path:
     """Run PPO; returns the run folder. ``resume`` continues a run folder exactly."""
-    s, start = open_session(config, resume)
-    s.run.write_config(config_to_dict(config))
-    s.run.open_trackers(config.report_to, config_to_dict(config), start if resume else None)
-    s.policy, s.sync, closer = await make_policy(config, s.model, s.tokenizer, s.run.path)
-    s.engine = make_rollout_engine(config, s.policy)
-    s.task_ids = [t.id for t in s.engine.tasks]
-    try:
-        with Progress(config.max_steps, start) as progress:
-            for step in range(start + 1, config.max_steps + 1):
-                row = await one_step(step, s)
-                progress.advance(step, row["reward_mean"])
-                if step % config.save_steps == 0 or step == config.max_steps:
-                    s.run.save_checkpoint(step, s.model, s.optimizer, s.scheduler, s.task_rng,
-                                          extra={"value_head": s.value_head.state_dict()})
-    finally:
-        await s.engine.aclose()
-        await closer()
-        s.run.close()
-    return s.run.path
-
-
-async def play(step: int, s: Session) -> list[Group]:
-    """This step's episodes: ``tasks_per_step`` tasks x ``num_generations`` each."""
-    config, n = s.config, len(s.task_ids)
-    drawn = s.task_rng.choice(n, size=config.tasks_per_step, replace=config.tasks_per_step > n)
-    assert s.engine is not None  # set by train_async
-    s.engine.set_sampling(step_sampling(config, step))
-    return await s.engine.run_groups([s.task_ids[int(i)] for i in drawn])
-
-
-async def one_step(step: int, s: Session) -> dict[str, Any]:
-    """Rollouts -> rewards, values, GAE -> PPO epochs -> sync -> log, for one step."""
-    config, timings = s.config, {}
-    started = time.perf_counter()
-    groups = await play(step, s)
-    timings["generate"] = time.perf_counter() - started
-    started = time.perf_counter()
-    episodes = [t for g in groups if not g.dropped for t in g.trajectories if t.reward is not None]
-    sequences, scores, drift = to_sequences(episodes, [float(t.reward) for t in episodes])
-    batch = pack(sequences, scores, s.tokenizer.pad_token_id or 0) if sequences else None
-    stats: dict[str, float] = {}
-    if batch is not None:
-        s.model.eval()
-        targets = await run_training(s.policy, prepare, s.model, s.value_head, s.ref, batch,
-                                     batch.advantages, config)
-        stats = {"kl": float(masked_mean(targets.kl, batch.mask)),
-                 "value_mean": float(masked_mean(targets.old_values, batch.mask)),
-                 "return_mean": float(masked_mean(targets.returns, batch.mask))}
-    timings["score"] = time.perf_counter() - started
-    started = time.perf_counter()
-    if batch is not None:
-        s.model.train()
-        generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
-        stats |= await run_training(s.policy, update, s.model, s.value_head, s.optimizer,
-                                    batch, targets, config, generator)
-        s.model.eval()
-    s.scheduler.step()
-    timings["train"] = time.perf_counter() - started
-    started = time.perf_counter()
-    await s.sync.push(s.model, step)
-    timings["sync"] = time.perf_counter() - started
-    counts = {"dropped_episodes": sum(len(g.trajectories) for g in groups) - len(episodes),
-              "drift_dropped": drift, "episodes": sum(len(g.trajectories) for g in groups)}
-    row = {"step": step, **step_metrics(groups, stats, timings, counts, batch),
-           "learning_rate": s.scheduler.get_last_lr()[0]}
-    s.run.log_metrics(row)
-    s.run.log_samples(step, [t for g in groups for t in g.trajectories][: config.log_samples])
-    return row
+    seed_everything(config.seed)
+    model, tokenizer = load_trainee(config)
+    heads = {"value_head": value_head_for(model)}  # one optimiser over policy + value head
+    session = await open_session(config, resume, model, tokenizer, heads=heads,
+                                 group_size=config.num_generations, kl_coef=config.kl_coef)
+    return await run_steps(session, one_step)
 
 
 def train(config: PPOConfig, resume: str | Path | None = None) -> Path:

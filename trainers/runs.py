@@ -23,7 +23,7 @@ import random
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from agentgym.jsonl import append_jsonl, iter_jsonl, read_jsonl, rewrite_jsonl
 from agentgym.trainers.trackers import Tracker, open_trackers, scalars_of
 from agentgym.trajectory_io import to_json
 from agentgym.types import Trajectory
+
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = ["RunDir"]
 
@@ -85,10 +88,12 @@ class RunDir:
 
     # --- checkpoints ------------------------------------------------------------------------
 
-    def save_checkpoint(self, step: int, model: Any, optimizer: Any, scheduler: Any,
-                        task_rng: np.random.Generator, keep: int = 2,
+    def save_checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler: LRScheduler, task_rng: np.random.Generator, keep: int = 2,
                         extra: dict[str, Any] | None = None) -> Path:
         """Write ``checkpoints/step_<step>/`` atomically and keep the newest ``keep``.
+
+        ``model`` is saved with its ``save_pretrained`` (a transformers or peft model).
 
         ``extra`` maps a name to a picklable state (e.g. a module's ``state_dict()``), saved
         as ``<name>.pt`` inside the same atomic folder.
@@ -121,7 +126,7 @@ class RunDir:
                 and not p.name.endswith(".tmp")]
         return sorted(done, key=lambda p: int(p.name.split("_")[1]))
 
-    def load_checkpoint(self, optimizer: Any, scheduler: Any,
+    def load_checkpoint(self, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
                         task_rng: np.random.Generator) -> tuple[int, Path]:
         """Restore optimizer, scheduler and RNGs from the newest checkpoint.
 

@@ -15,11 +15,14 @@ reward rises visibly when the trainer works.
 from __future__ import annotations
 
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentgym.env import AgentEnv
 from agentgym.rewards import Reward, Rubric
 from agentgym.types import Split, Task, Trajectory
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 __all__ = ["DigitEnv", "char_tokenizer", "digit_share", "tiny_model"]
 
@@ -30,7 +33,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% endif %}")
 
 
-def char_tokenizer() -> Any:
+def char_tokenizer() -> PreTrainedTokenizerFast:
     """A fast tokenizer with one token per character and the ChatML specials."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -46,7 +49,7 @@ def char_tokenizer() -> Any:
     return tokenizer
 
 
-def tiny_model(tokenizer: Any, seed: int = 0) -> Any:
+def tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
     """A randomly initialised 2-layer Llama sized for ``tokenizer``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

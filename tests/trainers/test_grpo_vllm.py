@@ -2,7 +2,6 @@
 
 import asyncio
 
-import numpy as np
 import pytest
 from gates import TRAIN_INSTALL, require_module, require_vllm
 
@@ -14,36 +13,27 @@ pytestmark = pytest.mark.vllm
 def test_grpo_step_with_vllm_changes_the_served_policy(tmp_path):
     require_vllm()
     from agentgym.policy import SamplingParams
-    from agentgym.trainers.common import make_optimizer, make_policy, make_rollout_engine
+    from agentgym.trainers.common import load_trainee, open_session
     from agentgym.trainers.grpo import GRPOConfig, one_step
-    from agentgym.trainers.models import load_model
-    from agentgym.trainers.runs import RunDir
 
     config = GRPOConfig(model="smollm2", engine="vllm", env_id="agentgym.trainers.smoke:DigitEnv",
                         num_generations=4, tasks_per_step=2, max_completion_length=12,
                         learning_rate=5e-2, lora_r=8, lora_alpha=16, max_steps=1,
-                        output_dir=str(tmp_path), vllm_kv_cache_gib=1.0)
-    model, tokenizer = load_model(config.model, lora=True, lora_r=8, lora_alpha=16,
-                                  lora_dropout=0.0, lora_target_modules=config.lora_target_modules,
-                                  seed=0)
-    optimizer, scheduler = make_optimizer(model, config.learning_rate, 0.0, 0)
-    run = RunDir(tmp_path / "run")
+                        output_dir=str(tmp_path), run_name="run", vllm_kv_cache_gib=1.0)
+    model, tokenizer = load_trainee(config)
     probe = [{"role": "user", "content": "Repeat the digit 7."}]
     greedy = SamplingParams(temperature=0.0, max_tokens=12)
 
     async def scenario():
-        policy, sync, close = await make_policy(config, model, tokenizer, run.path)
+        session = await open_session(config, None, model, tokenizer,
+                                     group_size=config.num_generations, kl_coef=config.beta)
         try:
-            [before] = await policy.generate(probe, None, greedy)
-            engine = make_rollout_engine(config, policy)
-            task_ids = [t.id for t in engine.tasks]
-            row = await one_step(1, config, model, tokenizer, sync, None, optimizer, scheduler,
-                                 engine, task_ids, np.random.default_rng(0), run)
-            await engine.aclose()
-            [after] = await policy.generate(probe, None, greedy)
+            [before] = await session.policy.generate(probe, None, greedy)
+            row = await one_step(1, session)
+            [after] = await session.policy.generate(probe, None, greedy)
             return before, after, row
         finally:
-            await close()
+            await session.aclose()
 
     before, after, row = asyncio.run(scenario())
     assert row["policy_tokens"] > 0 and row["time/sync"] > 0  # a real update was pushed
