@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentgym import digests
 from agentgym.errors import AgentGymError
 from agentgym.eval.cli import register_commands
 
@@ -48,8 +49,26 @@ def env_rows() -> list[dict[str, str]]:
 
 
 @app.command()
-def envs() -> None:
-    """List the registered environments."""
+def envs(
+    write_digests: Annotated[bool, typer.Option(
+        help="recompute every env's data digests into tasks/env_digests.json")] = False,
+    check_digests: Annotated[bool, typer.Option(
+        help="compare every env's data with tasks/env_digests.json (exit 1 on a change)")] = False,
+) -> None:
+    """List the registered environments, or record / check their data digests."""
+    if write_digests:
+        digests.write_digests()
+        console.print(f"wrote {digests.digest_file()}")
+        return
+    if check_digests:
+        problems = digests.check_digests()
+        for line in problems:
+            console.print(f"[red]FAIL[/red] {line}")
+        if problems:
+            console.print(digests.REFRESH_HINT)
+            raise typer.Exit(1)
+        console.print("every env's data matches tasks/env_digests.json")
+        return
     table = Table(title="agentgym environments")
     for column in ("id", "family", "reward", "train", "eval"):
         table.add_column(column, justify="right" if column in ("train", "eval") else "left")

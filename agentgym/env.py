@@ -173,6 +173,14 @@ class AgentEnv(gymnasium.Env):
         """Tasks per split if known without loading them (shown by ``agentgym envs``)."""
         return None
 
+    def corpus_digest(self) -> str | None:
+        """sha256 of the data the tools read beyond the tasks (a search corpus), or None.
+
+        Recorded next to the task digests (:mod:`agentgym.digests`), so a dependency upgrade
+        that changes a versioned env's corpus fails a test. Default: None (no such data).
+        """
+        return None
+
     # --- public API -----------------------------------------------------------------------
 
     @property

@@ -21,7 +21,7 @@ from agentgym.env import AgentEnv
 from agentgym.errors import EnvError, ToolArgumentError
 from agentgym.rewards import Reward, Rubric
 from agentgym.tasks.search import rewards
-from agentgym.tasks.search.corpus import Passage, build_corpus
+from agentgym.tasks.search.corpus import Passage, build_corpus, corpus_hash
 from agentgym.tasks.search.index import BM25Index, format_hits, get_index
 from agentgym.tasks.search.questions import split_questions
 from agentgym.tools import tool
@@ -74,6 +74,10 @@ class SearchEnvBase(AgentEnv):
     def corpus(self) -> Sequence[Passage]:
         """The passages the ``search`` tool looks in."""
         raise NotImplementedError(f"{type(self).__name__} must implement corpus()")
+
+    def corpus_digest(self) -> str:
+        """sha256 of :meth:`corpus` (ids, titles, texts, in order): recorded per env version."""
+        return corpus_hash(self.corpus())
 
     @property
     def index(self) -> BM25Index:
@@ -189,5 +193,5 @@ class SearchR1Env(SearchEnvBase):
             id=f"r1-{split}-{row.id}", split=split, answer=list(row.answers),
             prompt=({"role": "system", "content": SEARCH_R1_PROMPT},
                     {"role": "user", "content": row.question}),
-            metadata={"source": str(path)})
+            metadata={"source": Path(path).name})  # a name, not a path: same tasks anywhere
             for row in rows[: self.num_tasks or len(rows)]]
