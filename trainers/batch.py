@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -112,15 +111,17 @@ class ResponseOutputs:
 class _CatchHidden:
     """Forward hook on the output embedding that keeps the hidden states it receives."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: torch.nn.Module):
         self.states: list[torch.Tensor] = []
         self.handle = model.get_output_embeddings().register_forward_hook(self)
 
-    def __call__(self, module: Any, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
+    def __call__(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
+                 output: torch.Tensor) -> None:
         self.states.append(inputs[0])
 
 
-def response_outputs(model: Any, batch: Batch, with_hidden: bool = False) -> ResponseOutputs:
+def response_outputs(model: torch.nn.Module, batch: Batch,
+                     with_hidden: bool = False) -> ResponseOutputs:
     """Logits (and hidden states) predicting every response token: prompts once, then rows."""
     catcher = _CatchHidden(model) if with_hidden else None
     try:
@@ -146,7 +147,7 @@ def response_outputs(model: Any, batch: Batch, with_hidden: bool = False) -> Res
     return ResponseOutputs(logits=logits, hidden=hidden)
 
 
-def policy_logprobs(model: Any, batch: Batch, temperature: float,
+def policy_logprobs(model: torch.nn.Module, batch: Batch, temperature: float,
                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logprobs ``[B, R]`` of the response tokens under ``model`` (and entropies if asked).
 

@@ -14,14 +14,26 @@ Ctrl-C during training leaves a resumable run: ``agentgym quickstart --resume``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+from agentgym.eval.evaluation import evaluate
+from agentgym.eval.leaderboard import write_leaderboard
+from agentgym.policies.hf_engine import HFEngine
+from agentgym.policies.model_prep import prepare_model
+from agentgym.policy import Policy
+from agentgym.trainers.config import load_config
+from agentgym.trainers.models import load_model, load_weights
+
+if TYPE_CHECKING:
+    from agentgym.trainers.grpo import GRPOConfig
 
 __all__ = ["QuickstartResult", "quickstart"]
 
@@ -48,10 +60,8 @@ def _tool_rate(rows: list[dict[str, Any]]) -> float:
         else math.nan
 
 
-def _evaluate(label: str, policy: Any, out: Path, examples: int, max_tokens: int,
+def _evaluate(label: str, policy: Policy, out: Path, examples: int, max_tokens: int,
               ) -> dict[str, Any]:
-    from agentgym.eval.evaluation import evaluate
-
     # The same demonstrations as in training, but no shaping bonus: success is exact answers.
     result = evaluate(ENV_ID, label, policy=policy, out=out, num_examples=examples,
                       rollouts_per_example=1, temperature=0.0, max_tokens=max_tokens,
@@ -61,11 +71,9 @@ def _evaluate(label: str, policy: Any, out: Path, examples: int, max_tokens: int
             "run_dir": str(result.run_dir)}
 
 
-def _trained_engine(run_dir: Path, config: Any) -> Any:
+def _trained_engine(run_dir: Path, config: GRPOConfig) -> HFEngine:
     """The embedded engine serving base weights + the final LoRA adapter of ``run_dir``."""
-    from agentgym.policies.hf_engine import HFEngine
-    from agentgym.trainers.models import load_model, load_weights
-    from agentgym.trainers.runs import RunDir
+    from agentgym.trainers.runs import RunDir  # torch
 
     model, tokenizer = load_model(config.model, lora=config.lora, lora_r=config.lora_r,
                                   lora_alpha=config.lora_alpha, lora_dropout=0.0,
@@ -81,13 +89,7 @@ def quickstart(steps: int | None = None, eval_examples: int = 50, out: str | Pat
                "runs/quickstart", resume: bool = False, engine: str = "hf",
                console: Console | None = None) -> QuickstartResult:
     """Run the whole quickstart; see the module docstring."""
-    import asyncio
-
-    from agentgym.eval.leaderboard import write_leaderboard
-    from agentgym.policies.hf_engine import HFEngine
-    from agentgym.policies.model_prep import prepare_model
-    from agentgym.trainers.config import load_config
-    from agentgym.trainers.grpo import GRPOConfig, train
+    from agentgym.trainers.grpo import GRPOConfig, train  # torch
 
     console = console or Console()
     out = Path(out)
