@@ -11,7 +11,7 @@ are lazy ``"module:Class"`` strings).
 from agentgym import errors
 from agentgym.env import AgentEnv
 from agentgym.policy import Completion, Policy, SamplingParams
-from agentgym.registry import EnvSpec, list_envs, make, register, spec
+from agentgym.registry import EnvSpec, list_envs, load_plugins, make, register, spec
 from agentgym.rewards import Reward, Rubric, Score
 from agentgym.tools import Tool, tool
 from agentgym.types import Message, Task, ToolCall, ToolResult, Trajectory, Turn
@@ -46,8 +46,6 @@ __all__ = [
 
 def _register_plugins() -> None:
     """Load ``agentgym.envs`` entry points so ids resolve in gymnasium.make too."""
-    from agentgym.registry import load_plugins
-
     load_plugins()
 
 

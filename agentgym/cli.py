@@ -12,6 +12,9 @@ from rich.table import Table
 from agentgym import digests
 from agentgym.errors import AgentGymError
 from agentgym.eval.cli import register_commands
+from agentgym.policies.serve import prepare
+from agentgym.policies.serve import serve as run_server
+from agentgym.registry import env_class, list_envs
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Agentic tool-use RL environments, eval and training.")
@@ -30,8 +33,6 @@ _mount_subcommands()
 
 def env_rows() -> list[dict[str, str]]:
     """One row per registered env: id, family, reward kind, train/eval sizes."""
-    from agentgym.registry import env_class, list_envs
-
     rows = []
     for env_id in list_envs():
         try:
@@ -108,8 +109,6 @@ def model_prepare(
     force: Annotated[bool, typer.Option(help="convert again even if cached")] = False,
 ) -> None:
     """Convert a model once into a cached safetensors folder with a tool-aware chat template."""
-    from agentgym.policies.serve import prepare
-
     console.print(f"prepared: {prepare(source, out, force)}")
 
 
@@ -126,8 +125,6 @@ def serve(
 
     Extra arguments are passed to vLLM as they are.
     """
-    from agentgym.policies.serve import serve as run_server
-
     try:
         run_server(engine, model, host, port, served_model_name, tuple(ctx.args))
     except AgentGymError as exc:

@@ -11,6 +11,11 @@ from typing import Annotated
 
 import typer
 
+from agentgym.errors import SandboxUnavailableError
+
+from .doctor import doctor as run_doctor
+from .image import build_image
+
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Docker sandboxes for untrusted code: build the image, check the setup.")
 
@@ -22,9 +27,6 @@ def build(
     mirror: Annotated[str | None, typer.Option(help="Debian mirror for debootstrap")] = None,
 ) -> None:
     """Build the sandbox image (skipped when it exists)."""
-    from agentgym.errors import SandboxUnavailableError
-
-    from .image import build_image
 
     if method not in ("auto", "dockerfile", "debootstrap"):
         raise typer.BadParameter("method must be auto, dockerfile or debootstrap")
@@ -42,8 +44,6 @@ def doctor(
     smoke_test: Annotated[bool, typer.Option(help="also start a sandbox and run code")] = True,
 ) -> None:
     """Report what the sandbox needs that is missing, and how to fix it."""
-    from .doctor import doctor as run_doctor
-
     checks = run_doctor(smoke_test=smoke_test)
     for c in checks:
         mark = "ok  " if c.ok else "FAIL"

@@ -8,6 +8,10 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import SandboxError
+from .image import default_image, image_exists
+from .pool import SandboxPool
+
 __all__ = ["Check", "doctor"]
 
 
@@ -45,7 +49,6 @@ def doctor(*, smoke_test: bool = True) -> list[Check]:
     if client is None:
         return checks
 
-    from .image import default_image, image_exists
 
     tag = default_image()
     have = image_exists(client, tag)
@@ -87,9 +90,6 @@ def _engine_check() -> tuple[Any, Check]:
 
 def _smoke_test() -> Check:
     """Start one sandbox and run ``print(1+1)`` in it."""
-    from ..errors import SandboxError
-    from .pool import SandboxPool
-
     async def run() -> str:
         async with SandboxPool(size=1) as pool, pool.acquire() as sb:
             r = await sb.run_python("print(1 + 1)", timeout=10)

@@ -20,6 +20,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agentgym.errors import AgentGymError
+from agentgym.plots import plot_reward_curve
+
 __all__ = ["app", "eval_command", "leaderboard_command", "plot_command", "register_commands"]
 
 _out = Console()
@@ -28,8 +31,6 @@ _err = Console(stderr=True)
 
 def _fail(exc: BaseException) -> typer.Exit:
     """Print ``exc`` as one line on stderr; the exit to raise (2: caller's mistake, 1: infra)."""
-    from agentgym.errors import AgentGymError
-
     message = " ".join(str(exc).split()) or type(exc).__name__
     typer.echo(f"error: {message}", err=True)
     user = isinstance(exc, ValueError | FileNotFoundError | ImportError) or (
@@ -129,7 +130,6 @@ def eval_command(
     episode_timeout: Annotated[float, typer.Option(help="seconds per rollout")] = 900.0,
 ) -> None:
     """Evaluate a model on an environment: N tasks x K rollouts, results on disk, a summary."""
-    from agentgym.errors import AgentGymError
     from agentgym.eval.evaluation import evaluate
 
     api_key = None
@@ -179,8 +179,6 @@ def plot_command(
                    ] = None,
 ) -> None:
     """Plot a training run's reward curve (metrics.jsonl) as a PNG."""
-    from agentgym.plots import plot_reward_curve
-
     try:
         path = plot_reward_curve(run_dir, out)
     except (FileNotFoundError, ValueError, ImportError) as exc:

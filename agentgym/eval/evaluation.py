@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentgym import __version__
 from agentgym.errors import PolicyHTTPError
 from agentgym.eval.endpoint import given_policy, open_policy
 from agentgym.eval.runs import (
@@ -49,7 +50,9 @@ from agentgym.eval.runs import (
     result_row,
     write_metadata,
 )
+from agentgym.eval.stats import summarize
 from agentgym.policy import Policy, SamplingParams
+from agentgym.registry import env_class, make, spec
 from agentgym.rollout import Group, RolloutConfig, RolloutEngine
 from agentgym.trajectory_io import TrajectoryWriter
 from agentgym.types import Trajectory
@@ -169,8 +172,6 @@ class EvalResult:
 
 def select_tasks(env_id: str, settings: EvalSettings) -> list[str]:
     """The ids of the tasks a run plays: the first ``num_examples`` of the split, in order."""
-    from agentgym.registry import make
-
     env = make(env_id, split=settings.split, **dict(settings.env_kwargs))
     try:
         ids = [task.id for task in env.tasks]
@@ -241,8 +242,6 @@ async def _play(env_id: str, settings: EvalSettings, policy: Policy, task_ids: S
                 run_dir: Path, tally: _Tally,
                 on_progress: Callable[[EvalProgress], None] | None) -> None:
     """Play every group of ``task_ids``, appending rows and trajectories as groups finish."""
-    from agentgym.registry import make
-
     config = RolloutConfig(
         group_size=settings.rollouts_per_example, max_concurrent=settings.max_concurrent,
         turn_timeout_s=settings.turn_timeout_s, episode_timeout_s=settings.episode_timeout_s,
@@ -306,9 +305,6 @@ def _now() -> str:
 
 def _new_metadata(env_id: str, model: str, engine: str | None, endpoint: str,
                   settings: EvalSettings, task_ids: Sequence[str]) -> dict[str, Any]:
-    from agentgym import __version__
-    from agentgym.registry import env_class, spec
-
     env_spec = spec(env_id)
     return {
         "schema_version": METADATA_SCHEMA_VERSION, "status": "running",
@@ -383,8 +379,6 @@ async def _evaluate(env_id: str, model: str, engine: str | None,
                     opener: contextlib.AbstractAsyncContextManager[tuple[Policy, str]],
                     settings: EvalSettings, task_ids: list[str], out: Path, resume: bool,
                     on_progress: Callable[[EvalProgress], None] | None) -> EvalResult:
-    from agentgym.eval.stats import summarize
-
     target = _resume_target(out, env_id, model, settings, task_ids) if resume else None
     async with opener as (policy, endpoint):
         if target is None:

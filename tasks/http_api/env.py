@@ -19,6 +19,7 @@ from agentgym.env import AgentEnv
 from agentgym.errors import RewardError
 from agentgym.rewards import Reward, Rubric, final_state_match
 from agentgym.tasks.http_api.scenarios import split_scenarios
+from agentgym.tasks.http_api.server import ShopServer
 from agentgym.tools import tool
 from agentgym.types import Split, Task, Trajectory
 
@@ -89,8 +90,6 @@ class HttpAPIEnv(AgentEnv):
                        Reward("http_errors", http_errors, 0.0)])
 
     async def setup_episode(self, task: Task) -> None:
-        from agentgym.tasks.http_api.server import ShopServer
-
         if self._server is None:
             self._server = ShopServer()
             self._client = httpx.AsyncClient(base_url=self._server.base_url, timeout=5.0)

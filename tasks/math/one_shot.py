@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from agentgym.jsonl import read_jsonl
+from agentgym.policies.serve import make_policy
+from agentgym.policy import SamplingParams
 from agentgym.tasks.math.env import MathEnv
 from agentgym.types import Split, Task
 
@@ -98,8 +100,6 @@ async def build_history(pool_size: int, samples: int, out: Path, model: str | No
     """Sample the default policy ``samples`` times on each of the first ``pool_size`` problems."""
     from rich.progress import Progress
 
-    from agentgym.policies.serve import make_policy
-    from agentgym.policy import SamplingParams
     from agentgym.rollout import RolloutConfig, RolloutEngine
 
     policy = make_policy("hf", model)

@@ -20,7 +20,7 @@ from typing import Any
 from agentgym.env import AgentEnv
 from agentgym.errors import EnvError, ToolArgumentError
 from agentgym.rewards import Reward, Rubric
-from agentgym.tasks.search import rewards
+from agentgym.tasks.search import rewards, search_r1
 from agentgym.tasks.search.corpus import Passage, build_corpus, corpus_hash
 from agentgym.tasks.search.index import BM25Index, format_hits, get_index
 from agentgym.tasks.search.questions import split_questions
@@ -169,20 +169,14 @@ class SearchR1Env(SearchEnvBase):
     def __init__(self, *, corpus_path: str | Path | None = None,
                  train_path: str | Path | None = None, eval_path: str | Path | None = None,
                  num_tasks: int | None = None, **kwargs: Any):
-        from agentgym.tasks.search import search_r1
-
         self.paths = search_r1.check_paths(corpus_path, train_path, eval_path)
         self.num_tasks = num_tasks
         super().__init__(**kwargs)
 
     def corpus(self) -> Sequence[Passage]:
-        from agentgym.tasks.search import search_r1
-
         return search_r1.load_corpus(self.paths["corpus"])
 
     def load_tasks(self, split: Split) -> list[Task]:
-        from agentgym.tasks.search import search_r1
-
         path = self.paths.get(split)
         if path is None:
             raise EnvError(f"SearchR1-v0 has no {split} questions: pass {split}_path=...")
