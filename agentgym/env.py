@@ -375,6 +375,19 @@ class AgentEnv(gymnasium.Env):
         assert self._trajectory is not None
         return self._trajectory
 
+    async def atruncate(self) -> Trajectory:
+        """End the running episode as truncated from outside the env, and score it.
+
+        The rollout engine calls this when the chat no longer fits the policy's context window
+        (:class:`~agentgym.errors.ContextWindowError`): a budget ran out, like the env's own
+        turn/token budgets, so the episode is scored on what happened. Returns the trajectory.
+        """
+        if self._task is None or self._done:
+            raise ResetNeededError("no running episode to truncate: call reset() first")
+        await self._finish(False, True)
+        assert self._trajectory is not None
+        return self._trajectory
+
     async def _teardown(self) -> None:
         if self._active:
             self._active = False

@@ -38,6 +38,8 @@ The tree::
     ├── PolicyError                        infra
     │   ├── PolicyConnectionError          infra  (cannot reach the server)
     │   ├── PolicyHTTPError                infra  (non-2xx answer; carries the status)
+    │   │   └── ContextWindowError         model  (the chat outgrew the model's window:
+    │   │                                          the rollout ends the episode as truncated)
     │   └── TokenizationDriftError         infra  (chat template rewrote earlier turns)
     ├── RewardError                        infra
     │   └── JudgeError                     infra  (judge call failed or reply unparseable)
@@ -61,6 +63,7 @@ __all__ = [
     "AgentGymError",
     "AgentGymTimeoutError",
     "Blame",
+    "ContextWindowError",
     "EntryPointError",
     "EnvError",
     "EpisodeTimeoutError",
@@ -257,6 +260,23 @@ class PolicyHTTPError(PolicyError):
     def __init__(self, message: str, status_code: int):
         super().__init__(message)
         self.status_code = status_code
+
+
+class ContextWindowError(PolicyHTTPError):
+    """The prompt no longer fits the model's context window (vLLM answers 400).
+
+    A property of the episode, not a broken server: the rollout engine ends the episode as
+    truncated (a context budget) and scores what happened.
+
+    Attributes:
+        max_model_len: the model's window in tokens, when the server said it.
+    """
+
+    blame = "model"
+
+    def __init__(self, message: str, status_code: int = 400, max_model_len: int | None = None):
+        super().__init__(message, status_code)
+        self.max_model_len = max_model_len
 
 
 class TokenizationDriftError(PolicyError):

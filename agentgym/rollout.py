@@ -11,6 +11,10 @@ training (``on_infra_error="drop"``) or its failed members are played again
 (``"resample"``, up to ``max_resamples`` times). Model mistakes (bad tool calls, crashing code)
 are observations inside the episode, not errors.
 
+A prompt that outgrows the policy's context window (:class:`~agentgym.errors.ContextWindowError`)
+is a budget running out, not a failure: the episode ends as truncated and is scored on what
+happened.
+
 Group rewards (e.g. relative judging) run once a group is complete, through
 :meth:`~agentgym.rewards.Rubric.score_group`.
 """
@@ -25,7 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agentgym.env import AgentEnv
-from agentgym.errors import AgentGymError, EpisodeTimeoutError, ErrorRecord, RewardError
+from agentgym.errors import (
+    AgentGymError,
+    ContextWindowError,
+    EpisodeTimeoutError,
+    ErrorRecord,
+    RewardError,
+)
 from agentgym.policy import Policy, SamplingParams
 from agentgym.trajectory_io import TrajectoryWriter
 from agentgym.types import Task, Trajectory
@@ -220,6 +230,10 @@ class RolloutEngine:
                     raise
                 raise EpisodeTimeoutError(
                     f"policy turn exceeded {self.config.turn_timeout_s}s") from None
+            except ContextWindowError as exc:  # out of context: a budget, not a failure
+                logger.info("%s: truncated, the chat outgrew the model's %s-token window",
+                            info.get("task_id"), exc.max_model_len or "?")
+                return await env.atruncate()
             completion = completions[0]
             if continues and completion.prompt_token_ids and completion.completion_token_ids:
                 prefix = {"prefix_ids": completion.prompt_token_ids

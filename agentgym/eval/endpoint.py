@@ -4,7 +4,9 @@
 releases it afterwards (closing connections, stopping a vLLM server it started). For an HTTP
 endpoint it first sends one cheap request (:func:`preflight`), so a server that is down or
 refuses the credentials fails the command at once, with one clear message, instead of producing
-a run full of failed rollouts.
+a run full of failed rollouts. A server that is starting or restarting under its supervisor on
+this machine (``agentgym serve``, see :func:`~agentgym.policies.vllm_server.wait_until_serving`)
+is waited for instead, up to a bound, with a log line that says what the run waits for.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
 
 from agentgym.errors import PolicyConnectionError, PolicyError, PolicyHTTPError
+from agentgym.policies.vllm_server import wait_until_serving
 from agentgym.policy import Policy
 
 __all__ = ["given_policy", "open_policy", "preflight"]
@@ -21,25 +27,35 @@ __all__ = ["given_policy", "open_policy", "preflight"]
 logger = logging.getLogger(__name__)
 
 
+async def _get_models(url: str, headers: dict[str, str], timeout_s: float) -> Any:
+    """``GET url``: the response, or the transport error that prevented one."""
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
+        try:
+            return await client.get(url, headers=headers)
+        except httpx.TransportError as exc:
+            return exc
+
+
 async def preflight(base_url: str, model: str, api_key: str | None = None,
-                    timeout_s: float = 10.0) -> None:
+                    timeout_s: float = 10.0, wait_s: float = 600.0) -> None:
     """One cheap request (``GET {base_url}/models``) to fail fast on a bad endpoint.
+
+    When nothing answers but a supervisor on this machine is (re)starting the server at
+    ``base_url``, wait for it (up to ``wait_s``) and ask again.
 
     Raises:
         PolicyConnectionError: nothing answers at ``base_url``.
         PolicyHTTPError: the credentials are refused (401/403) or the server errors.
     """
-    import httpx
-
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = base_url.rstrip("/") + "/models"
-    async with httpx.AsyncClient(timeout=timeout_s) as client:
-        try:
-            response = await client.get(url, headers=headers)
-        except httpx.TransportError as exc:
-            reason = f"{type(exc).__name__}: {exc or 'no answer'}"
-            raise PolicyConnectionError(f"cannot reach the endpoint {base_url} ({reason}); "
-                                        "is the server running?") from None
+    response = await _get_models(url, headers, timeout_s)
+    if isinstance(response, httpx.TransportError) and await wait_until_serving(base_url, wait_s):
+        response = await _get_models(url, headers, timeout_s)
+    if isinstance(response, httpx.TransportError):
+        reason = f"{type(response).__name__}: {response or 'no answer'}"
+        raise PolicyConnectionError(f"cannot reach the endpoint {base_url} ({reason}); "
+                                    "is the server running?")
     status = response.status_code
     if status in (401, 403):
         raise PolicyHTTPError(f"the endpoint {base_url} refused the credentials (HTTP {status}); "

