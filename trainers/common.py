@@ -56,6 +56,7 @@ from agentgym.rollout import Group, RolloutConfig, RolloutEngine
 from agentgym.tokens import TokenSequence, build_token_sequence
 from agentgym.trainers.batch import Batch, policy_logprobs
 from agentgym.trainers.config import config_to_dict
+from agentgym.trainers.distributed import SINGLE, World, join_world, load_rank_rng, rng_state
 from agentgym.trainers.models import load_model, load_weights
 from agentgym.trainers.runs import RunDir
 from agentgym.types import Trajectory
@@ -140,6 +141,9 @@ class TrainerConfig:
     """W&B project when ``report_to`` has ``"wandb"``."""
     vllm_kv_cache_gib: float = 2.0
     """KV cache of the local vLLM server (engine ``"vllm"``)."""
+    distributed_timeout_s: float = 1800.0
+    """Under torchrun / accelerate launch: how long a rank waits for the others at a collective
+    (the slowest rank's rollouts included) before the run fails instead of hanging."""
 
 
 ConfigT = TypeVar("ConfigT", bound=TrainerConfig)
@@ -287,11 +291,14 @@ class TrainingSession(Generic[ConfigT]):
     """The last step already done (the resumed checkpoint's step, 0 for a new run)."""
     task_ids: list[str] = field(default_factory=list)
     """Ids of the train split's tasks, in the env's order."""
+    world: World = SINGLE
+    """The training processes (several under torchrun; see distributed.py)."""
 
     async def rollouts(self, step: int, task_ids: list[str]) -> list[Group]:
-        """Play the groups of ``task_ids`` with step ``step``'s sampling seed."""
+        """Play this rank's share of the groups of ``task_ids`` (all of them in one process)
+        with step ``step``'s sampling seed; :meth:`log_step` gathers the shares."""
         self.engine.set_sampling(step_sampling(self.config, step))
-        return await self.engine.run_groups(task_ids)
+        return await self.engine.run_groups(self.world.shard(task_ids))
 
     async def compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the trainer's compute ``fn(*args)``: in the embedded engine's compute thread when
@@ -304,19 +311,33 @@ class TrainingSession(Generic[ConfigT]):
     def log_step(self, step: int, groups: list[Group], stats: dict[str, float],
                  timings: dict[str, float], counts: dict[str, int],
                  batch: Batch | None) -> dict[str, Any]:
-        """Write step ``step``'s metrics row (and a few samples); returns the row."""
-        row = {"step": step, **step_metrics(groups, stats, timings, counts, batch),
+        """Write step ``step``'s metrics row (and a few samples); returns the row.
+
+        Called on every rank with its own share: the groups are gathered and the ``counts``
+        summed over ranks (``stats`` come already reduced), and rank 0 writes the row."""
+        groups = self.world.gather(groups)
+        counts = self.world.sum({**counts, "policy_tokens": int(batch.mask.sum())
+                                 if batch is not None else 0})
+        row = {"step": step, **step_metrics(groups, stats, timings, counts),
                "learning_rate": self.scheduler.get_last_lr()[0]}
-        self.run.log_metrics(row)
-        self.run.log_samples(step, [t for g in groups for t in g.trajectories]
-                             [: self.config.log_samples])
+        if self.world.is_main:
+            self.run.log_metrics(row)
+            self.run.log_samples(step, [t for g in groups for t in g.trajectories]
+                                 [: self.config.log_samples])
         return row
 
     def save_checkpoint(self, step: int) -> Path:
-        """Checkpoint the model, the heads, optimiser, scheduler and RNGs at ``step``."""
-        return self.run.save_checkpoint(
-            step, self.model, self.optimizer, self.scheduler, self.task_rng,
-            extra={name: head.state_dict() for name, head in self.heads.items()})
+        """Checkpoint the model, the heads, optimiser, scheduler and RNGs at ``step`` (rank 0
+        writes it, with every rank's RNG states in ``ranks.pt``; the others wait)."""
+        ranks = self.world.gather([rng_state()])
+        final = self.run.path / "checkpoints" / f"step_{step}"
+        if self.world.is_main:
+            final = self.run.save_checkpoint(
+                step, self.model, self.optimizer, self.scheduler, self.task_rng,
+                extra={"ranks": ranks, **{name: head.state_dict()
+                                          for name, head in self.heads.items()}})
+        self.world.barrier()
+        return final
 
     async def aclose(self) -> None:
         """Close the rollout engine, the policy and the trackers."""
@@ -325,6 +346,7 @@ class TrainingSession(Generic[ConfigT]):
             await self.close_policy()
         finally:
             self.run.close()
+            self.world.leave()
 
 
 async def open_session(config: ConfigT, resume: str | Path | None, model: torch.nn.Module,
@@ -340,8 +362,12 @@ async def open_session(config: ConfigT, resume: str | Path | None, model: torch.
         heads: modules trained and checkpointed with the model (one optimiser for all).
     """
     heads = heads or {}
-    run = RunDir(resume) if resume else RunDir(run_folder(config.output_dir, config.run_name,
-                                                          config.env_id))
+    world = join_world(config.distributed_timeout_s)
+    if world.world_size > 1 and config.engine != "hf":
+        raise ValueError("several training processes need engine 'hf' (one embedded engine per "
+                         f"rank); engine {config.engine!r} is single-process for now")
+    run = RunDir(world.broadcast(Path(resume) if resume else run_folder(
+        config.output_dir, config.run_name, config.env_id)))
     trained = torch.nn.ModuleList([model, *heads.values()]) if heads else model
     optimizer, scheduler = make_optimizer(trained, config.learning_rate, config.weight_decay,
                                           config.warmup_steps)
@@ -353,15 +379,19 @@ async def open_session(config: ConfigT, resume: str | Path | None, model: torch.
         load_weights(model, weights, config.lora)
         for name, head in heads.items():
             head.load_state_dict(torch.load(weights.parent / f"{name}.pt"))
-        run.truncate_to(start)
+        load_rank_rng(weights.parent / "ranks.pt", world)
+        if world.is_main:
+            run.truncate_to(start)
         logger.info("resumed %s at step %d", run.path, start)
-    run.write_config(config_to_dict(config))
-    run.open_trackers(config.report_to, config_to_dict(config), start if resume else None)
+    world.sync_parameters(trained)
+    if world.is_main:
+        run.write_config(config_to_dict(config))
+        run.open_trackers(config.report_to, config_to_dict(config), start if resume else None)
     policy, sync, close_policy = await make_policy(config, model, tokenizer, run.path)
     engine = make_rollout_engine(config, policy, group_size)
     return TrainingSession(config, run, model, tokenizer, optimizer, scheduler, task_rng, policy,
                            sync, engine, close_policy, ref=ref, heads=heads, start=start,
-                           task_ids=[t.id for t in engine.tasks])
+                           task_ids=[t.id for t in engine.tasks], world=world)
 
 
 async def run_steps(session: TrainingSession[ConfigT],
@@ -371,7 +401,8 @@ async def run_steps(session: TrainingSession[ConfigT],
     ``save_steps`` and at the end; closes the session. Returns the run folder."""
     config = session.config
     try:
-        with Progress(config.max_steps, session.start) as progress:
+        with Progress(config.max_steps, session.start,
+                      enabled=session.world.is_main) as progress:
             for step in range(session.start + 1, config.max_steps + 1):
                 row = await one_step(step, session)
                 progress.advance(step, row["reward_mean"])
@@ -408,8 +439,9 @@ def to_sequences(trajectories: list[Trajectory], values: list[float],
 
 
 def step_metrics(groups: list[Group], stats: dict[str, float], timings: dict[str, float],
-                 counts: dict[str, int], batch: Batch | None) -> dict[str, Any]:
-    """One metrics.jsonl row (without ``step`` and ``learning_rate``)."""
+                 counts: dict[str, int]) -> dict[str, Any]:
+    """One metrics.jsonl row (without ``step`` and ``learning_rate``); ``counts`` include
+    ``policy_tokens``."""
     rewards = [r for g in groups if not g.dropped for r in g.rewards if r is not None]
     components: dict[str, list[float]] = {}
     for group in groups:
@@ -421,7 +453,6 @@ def step_metrics(groups: list[Group], stats: dict[str, float], timings: dict[str
         "reward_std": float(np.std(rewards)) if rewards else math.nan,
         **{f"reward/{k}": float(np.mean(v)) for k, v in components.items()},
         **stats, **counts,
-        "policy_tokens": int(batch.mask.sum()) if batch is not None else 0,
         **{f"time/{k}": round(v, 3) for k, v in timings.items()},
     }
 
@@ -429,10 +460,11 @@ def step_metrics(groups: list[Group], stats: dict[str, float], timings: dict[str
 class Progress:
     """A rich progress bar over training steps showing the latest mean reward and the ETA."""
 
-    def __init__(self, total: int, start: int = 0):
+    def __init__(self, total: int, start: int = 0, enabled: bool = True):
         self._bar = RichProgress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
                                  TextColumn("reward {task.fields[reward]}"),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 disable=not enabled)
         self._task = self._bar.add_task("train", total=total, completed=start, reward="-")
 
     def __enter__(self) -> Progress:

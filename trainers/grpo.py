@@ -57,6 +57,7 @@ from agentgym.trainers.common import (
     timed,
     to_sequences,
 )
+from agentgym.trainers.distributed import SINGLE, World
 from agentgym.trainers.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -134,14 +135,23 @@ def advantages_for(groups: list[Group], scale: bool) -> tuple[list[Trajectory], 
 
 
 def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
-           optimizer: torch.optim.Optimizer, scheduler: LRScheduler, batch: Batch,
-           config: GRPOConfig) -> dict[str, float]:
-    """``num_iterations`` optimiser steps on one batch; returns loss statistics."""
-    rows, tokens = len(batch), int(batch.mask.sum())
+           optimizer: torch.optim.Optimizer, scheduler: LRScheduler, batch: Batch | None,
+           config: GRPOConfig, world: World = SINGLE) -> dict[str, float]:
+    """``num_iterations`` optimiser steps on one batch; returns loss statistics.
+
+    With several ranks, ``batch`` is this rank's share (None if it has no sequences; the rank
+    still joins the reductions): the loss is normalised by the global rows and tokens, the
+    gradients are summed over ranks before clipping, and the statistics are summed likewise.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    local = {"rows": len(batch), "tokens": int(batch.mask.sum())} if batch is not None \
+        else {"rows": 0, "tokens": 0}
+    totals = world.sum(local)  # the whole batch's, over every rank
+    rows, tokens = totals["rows"], totals["tokens"]
     max_len = config.max_completion_length
     aggregate, share = AGGREGATIONS[config.loss_type], _MICRO_SHARE[config.loss_type]
-    micro = [batch.select(slice(i, i + config.micro_batch_size))
-             for i in range(0, rows, config.micro_batch_size)]
+    micro = [] if batch is None else [batch.select(slice(i, i + config.micro_batch_size))
+                                      for i in range(0, len(batch), config.micro_batch_size)]
     old = [mb.sampler_logp for mb in micro]
     weights: list[torch.Tensor | None] = [None] * len(micro)
     if config.tis_cap is not None:  # recompute pi_old with the trainer's own numerics
@@ -170,12 +180,13 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
             stats["loss"] += float(loss.detach())
             stats["entropy"] += float(masked_mean(entropy, mb.mask)) * part
             stats["clip_fraction"] += float(masked_mean(clipped, mb.mask)) * part
-        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad], config.max_grad_norm))
+        world.reduce_gradients(params)
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         optimizer.step()
     scheduler.step()
     n = config.num_iterations
-    return {k: (v / n if k != "grad_norm" else v) for k, v in stats.items()}
+    summed = world.sum({k: v for k, v in stats.items() if k != "grad_norm"})
+    return {**{k: v / n for k, v in summed.items()}, "grad_norm": stats["grad_norm"]}
 
 
 async def one_step(step: int, s: TrainingSession[GRPOConfig]) -> dict[str, Any]:
@@ -189,13 +200,12 @@ async def one_step(step: int, s: TrainingSession[GRPOConfig]) -> dict[str, Any]:
         trajectories, advantages, zero_variance = advantages_for(usable, config.scale_rewards)
         sequences, advantages, drift = to_sequences(trajectories, advantages)
     stats: dict[str, float] = {}
-    batch = None
+    batch = pack(sequences, advantages, s.tokenizer.pad_token_id or 0) if sequences else None
     with timed(timings, "train"):
-        if sequences:
-            batch = pack(sequences, advantages, s.tokenizer.pad_token_id or 0)
+        if s.world.sum({"rows": len(sequences)})["rows"]:  # every rank updates, or none
             s.model.train()
             stats = await s.compute(update, s.model, s.ref, s.optimizer, s.scheduler, batch,
-                                    config)
+                                    config, s.world)
             s.model.eval()
     with timed(timings, "sync"):
         await s.sync.push(s.model, step)

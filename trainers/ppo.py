@@ -326,6 +326,9 @@ async def train_async(config: PPOConfig, resume: str | Path | None = None) -> Pa
     heads = {"value_head": value_head_for(model)}  # one optimiser over policy + value head
     session = await open_session(config, resume, model, tokenizer, heads=heads,
                                  group_size=config.num_generations, kl_coef=config.kl_coef)
+    if session.world.world_size > 1:  # its batch-wide whitening and minibatches are unsharded
+        await session.aclose()
+        raise ValueError("PPO runs in one process for now; GRPO runs under torchrun")
     return await run_steps(session, one_step)
 
 

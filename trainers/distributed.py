@@ -1,0 +1,247 @@
+"""Data-parallel training over several processes: ``torchrun`` or ``accelerate launch``.
+
+::
+
+    torchrun --nproc_per_node 2 -m agentgym.trainers.cli --config trainers/configs/smoke.yaml
+    accelerate launch --num_processes 2 -m agentgym.trainers.cli --config ...
+
+Both launchers start one process per GPU (or per CPU share) and set ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`join_world` reads them and joins the
+process group (NCCL when CUDA is present, each rank on ``cuda:LOCAL_RANK``; gloo on CPU). A
+plain ``agentgym train`` is the world of one, where every method below is a no-op.
+
+How a step is shared (see grpo.py):
+
+* every rank draws the same tasks from the same seeded task RNG and plays only its contiguous
+  share of them (:meth:`World.shard`) with its own embedded engine. Episode ``i`` of a group
+  is sampled with ``step seed + i`` whichever rank plays it, so the union of the shares is the
+  single-process batch, trajectory for trajectory;
+* the loss is normalised by the *global* batch (rows and policy tokens summed over ranks), so
+  each rank's gradient is its share of the single-process gradient and :meth:`World.
+  reduce_gradients` **sums** them (an all-reduce after the micro-batches, before clipping);
+  clipping and AdamW then run identically on every rank, and the weights stay equal;
+* metrics: loss statistics are summed (each is already weighted by the rank's share), counts
+  are summed, and the groups are gathered so that rank 0 logs the same reward mean and samples
+  as a single process would;
+* rank 0 alone writes the run folder (config, metrics, samples, trackers, checkpoints); each
+  checkpoint also keeps every rank's RNG states (``ranks.pt``), and a resume needs the world
+  size that wrote it.
+
+Why not DDP or ``accelerate.Accelerator``: the trainer runs a micro-batch as two forward calls
+(the shared prompt prefill, then the responses; batch.py), calls the module outside any wrapper
+(the embedded engine generates with it, peft disables its adapters for pi_ref) and reduces once
+per optimiser step anyway; DDP's per-forward hooks, ``no_sync`` and ``.module`` unwrapping would
+add more than the one bucketed all-reduce they replace. What is lost: communication does not
+overlap the backward pass. FSDP (sharded full fine-tuning) is not wired: the embedded engine
+generates from the trainer's own module, which FSDP would shard.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["SINGLE", "World", "join_world", "load_rank_rng", "rng_state", "set_rng_state"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+N = TypeVar("N", int, float)
+
+_BUCKET_BYTES = 64 * 2**20
+"""Gradient bytes per all-reduce call."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes.
+
+    Attributes:
+        rank: this process's index (0 writes the run folder).
+        world_size: processes in the run.
+        local_rank: index on this machine (its GPU).
+        owns_group: True when :func:`join_world` created the process group (and
+            :meth:`leave` destroys it).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the one that writes the run folder."""
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where collective tensors live: this rank's GPU under NCCL, else the CPU."""
+        if self.world_size > 1 and dist.get_backend() == "nccl":
+            return torch.device("cuda", self.local_rank)
+        return torch.device("cpu")
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's contiguous share of ``items`` (sizes differ by at most one; concatenating
+        the shares in rank order gives ``items`` back)."""
+        size, extra = divmod(len(items), self.world_size)
+        start = self.rank * size + min(self.rank, extra)
+        return list(items[start: start + size + (self.rank < extra)])
+
+    def gather(self, items: list[T]) -> list[T]:
+        """Every rank's ``items`` (picklable), concatenated in rank order, on every rank."""
+        if self.world_size == 1:
+            return items
+        parts: list[list[T] | None] = [None] * self.world_size
+        dist.all_gather_object(parts, items)
+        return [item for part in parts for item in part or []]
+
+    def sum(self, values: Mapping[str, N]) -> dict[str, N]:
+        """Each value summed over the ranks (in float64; ints stay ints)."""
+        if self.world_size == 1:
+            return dict(values)
+        keys = sorted(values)
+        total = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                             device=self.device)
+        dist.all_reduce(total)
+        return {k: type(values[k])(round(v) if isinstance(values[k], int) else v)
+                for k, v in zip(keys, total.tolist(), strict=True)}
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` (picklable) on every rank."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        if self.world_size > 1:
+            dist.barrier()
+
+    def reduce_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Sum ``.grad`` over the ranks, in place (call after the last backward of a step).
+
+        Each rank's loss already carries its share of the global normaliser, so the sum is the
+        single-process gradient. A parameter without a gradient on some rank gets zeros there;
+        one without a gradient on every rank keeps ``None`` (AdamW skips it, as in one process).
+        """
+        if self.world_size == 1:
+            return
+        params = [p for p in params if p.requires_grad]
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8,
+                           device=self.device)
+        dist.all_reduce(has, op=dist.ReduceOp.MAX)
+        used = [p for p, flag in zip(params, has.tolist(), strict=True) if flag]
+        for p in used:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        for bucket in _buckets([p.grad for p in used]):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            offset = 0
+            for grad in bucket:
+                grad.copy_(flat[offset: offset + grad.numel()].view_as(grad))
+                offset += grad.numel()
+
+    def sync_parameters(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's trainable parameters to every rank (they start equal already, from the
+        same seed and checkpoint; this makes it certain, as DDP does)."""
+        if self.world_size == 1:
+            return
+        with torch.no_grad():
+            for param in module.parameters():
+                if param.requires_grad:
+                    dist.broadcast(param.data, src=0)
+
+    def leave(self) -> None:
+        """Destroy the process group if :func:`join_world` created it."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+SINGLE = World()
+"""The world of one process (plain ``agentgym train``)."""
+
+
+def join_world(timeout_s: float = 1800.0, env: Mapping[str, str] | None = None) -> World:
+    """The :class:`World` the launcher set up, joining its process group if needed.
+
+    Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (set by ``torchrun`` and ``accelerate
+    launch``); without them, or with ``WORLD_SIZE=1``, this is :data:`SINGLE`. A group that
+    already exists (initialised by the caller) is reused.
+
+    Args:
+        timeout_s: how long a collective waits for the slowest rank (its rollouts included)
+            before the run fails with an error instead of hanging.
+    """
+    env = os.environ if env is None else env
+    world_size = int(env.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return SINGLE
+    rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"]))
+    owns = not dist.is_initialized()
+    if owns:
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    logger.info("rank %d of %d (%s)", rank, world_size, dist.get_backend())
+    return World(rank=rank, world_size=world_size, local_rank=local_rank, owns_group=owns)
+
+
+def _buckets(grads: list[torch.Tensor]) -> Iterable[list[torch.Tensor]]:
+    """Consecutive runs of same-dtype gradients of at most ``_BUCKET_BYTES`` each."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for grad in grads:
+        nbytes = grad.numel() * grad.element_size()
+        if bucket and (size + nbytes > _BUCKET_BYTES or grad.dtype != bucket[0].dtype):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(grad)
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's global RNG states (python, numpy, torch)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def load_rank_rng(path: Path, world: World) -> None:
+    """Restore this rank's RNG states from a checkpoint's ``ranks.pt`` (one entry per rank).
+
+    Raises:
+        ValueError: the checkpoint was written by a different number of processes (a
+            checkpoint without ``ranks.pt`` comes from one process).
+    """
+    states = torch.load(path, weights_only=False) if path.exists() else None
+    written = 1 if states is None else len(states)
+    if written != world.world_size:
+        raise ValueError(f"{path.parent} was written by {written} training process(es) and "
+                         f"this run has {world.world_size}: resume with the same number "
+                         "(torchrun --nproc_per_node / accelerate launch --num_processes)")
+    if states is not None:
+        set_rng_state(states[world.rank])
