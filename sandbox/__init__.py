@@ -9,6 +9,7 @@
             r = await sb.run_shell("ls -la")
             await sb.write_file("solution.py", code)
             grade = await sb.grade(test_code)          # trusted tests, private result channel
+            grade = await sb.grade(tests, candidate=Candidate("solution", "add"))  # isolated
 
 Pieces (one module each): ``config`` (``SandboxConfig``, every limit), ``base`` (the backend
 contract, ``ExecResult``, ``GradeResult``), ``runner`` (PID 1 in each container, stdlib only),
@@ -27,7 +28,7 @@ private pipe, with test code sent from the host). The outcome of the code is dat
 (``ExecResult``); ``agentgym.errors.SandboxError`` only means our machinery failed.
 """
 
-from .base import ExecResult, GradeResult, Sandbox, SandboxBackend, TestOutcome
+from .base import Candidate, ExecResult, GradeResult, Sandbox, SandboxBackend, TestOutcome
 from .config import SandboxConfig
 from .docker_backend import DockerBackend, DockerSandbox
 from .doctor import Check, doctor
@@ -35,6 +36,7 @@ from .image import build_image, default_image
 from .pool import SandboxPool
 
 __all__ = [
+    "Candidate",
     "Check",
     "DockerBackend",
     "DockerSandbox",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-__all__ = ["ExecResult", "GradeResult", "Sandbox", "SandboxBackend", "TestOutcome"]
+__all__ = ["Candidate", "ExecResult", "GradeResult", "Sandbox", "SandboxBackend", "TestOutcome"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,24 @@ class ExecResult:
             duration_s=float(d.get("duration_s", 0.0)),
             restarted=bool(d.get("restarted", False)),
         )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The function under test for an isolated ``grade``: it runs in its own process and the
+    tests reach it only through the proxy ``candidate`` (arguments and results cross as exact
+    built-in values; see ``grader.py``).
+
+    Attributes:
+        module: the module to import from the work dir (e.g. ``"solution"``).
+        function: the function's name in it.
+        budget_s: wall-clock budget of the solution, from its process's start (imports
+            included) to its last answer; calls past it raise ``TimeoutError`` in the tests.
+    """
+
+    module: str
+    function: str
+    budget_s: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -186,8 +204,11 @@ class Sandbox(abc.ABC):
         return (await self.read_file_bytes(path)).decode("utf-8", "replace")
 
     @abc.abstractmethod
-    async def grade(self, test_code: str, timeout: float | None = None) -> GradeResult:
-        """Run trusted test code against the episode's files; see the backend for guarantees."""
+    async def grade(self, test_code: str, timeout: float | None = None, *,
+                    candidate: Candidate | None = None) -> GradeResult:
+        """Run trusted test code against the episode's files; see the backend for guarantees.
+        With ``candidate``, the tests call the solution only through a proxy named
+        ``candidate`` and never import it."""
 
     @abc.abstractmethod
     async def reset(self) -> None:

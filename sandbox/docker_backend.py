@@ -35,6 +35,7 @@ from typing import Any
 
 from ..errors import SandboxCrashedError, SandboxError, SandboxUnavailableError
 from .base import (
+    Candidate,
     ExecResult,
     GradeResult,
     Sandbox,
@@ -59,11 +60,13 @@ _KILL_SLACK_S = 2.5  # the runner's own SIGINT->SIGKILL escalation and cleanup
 
 @functools.cache
 def runner_source() -> str:
-    """The in-container runner as one script: ``runner_lib.py`` then ``runner.py`` (passed on
-    the command line with ``python3 -c``; nothing is copied into the container)."""
+    """The in-container runner as one script: ``runner_lib.py``, ``grader.py``'s source as the
+    string ``GRADER_SOURCE``, then ``runner.py`` (passed on the command line with
+    ``python3 -c``; nothing is copied into the container)."""
     pkg = resources.files(__package__)
-    parts = [pkg.joinpath(n).read_text(encoding="utf-8") for n in ("runner_lib.py", "runner.py")]
-    return "\n\n".join(parts)
+    lib, runner, grader = (pkg.joinpath(n).read_text(encoding="utf-8")
+                           for n in ("runner_lib.py", "runner.py", "grader.py"))
+    return "\n\n".join([lib, f"GRADER_SOURCE = {grader!r}", runner])
 
 
 def _process_start_time(pid: int) -> str | None:
@@ -392,22 +395,29 @@ class DockerSandbox(Sandbox):
         answer = await self._control({"op": "read", "path": path}, "read_file")
         return base64.b64decode(answer["data"])
 
-    async def grade(self, test_code: str, timeout: float | None = None) -> GradeResult:
+    async def grade(self, test_code: str, timeout: float | None = None, *,
+                    candidate: Candidate | None = None) -> GradeResult:
         """Run trusted ``test_*`` functions against the episode's files, in a fresh interpreter.
 
         Guarantees: every process of the episode is killed first (no background process can
         interfere); the test code travels in the request, so edits to test files on disk do not
-        matter; ``/work`` is appended *after* the stdlib on ``sys.path`` (a ``json.py`` in the
-        work dir cannot shadow the grader's imports); results return on a private pipe, so
-        printing "passed" or exiting 0 early counts for nothing; the set of tests comes from
-        parsing ``test_code`` on the host, so a test that never reports is failed.
-        Not guaranteed: code that the tests import runs in the grader's process and could, with
-        deliberate effort (e.g. walking ``gc`` objects), forge that process's report.
-        The live interpreter is restarted afterwards (its state is lost).
+        matter; results return on a private pipe, so printing "passed" or exiting 0 early counts
+        for nothing; the set of tests comes from parsing ``test_code`` on the host, so a test
+        that never reports is failed. The live interpreter is restarted afterwards.
+
+        Without ``candidate`` the tests import the solution themselves (``/work`` is appended
+        *after* the stdlib on ``sys.path``), so its code runs in the grader's process and could,
+        with deliberate effort (e.g. walking ``gc`` objects), forge that process's report. With
+        ``candidate`` the solution never runs there: the tests call ``candidate``, a proxy to
+        the function in another process, and see only exact built-in values (``grader.py``).
         """
         t = self.config.clamp_timeout(timeout)
         expected_tests(test_code)  # a syntax error is the caller's bug: raise before running
-        result, answer = await self._run({"op": "grade", "code": test_code}, t)
+        request: dict[str, Any] = {"op": "grade", "code": test_code}
+        if candidate is not None:
+            request.update(candidate=f"{candidate.module}:{candidate.function}",
+                           budget_s=candidate.budget_s)
+        result, answer = await self._run(request, t)
         report = answer.get("report")
         return grade_from_report(test_code, result, report if isinstance(report, dict) else None)
 

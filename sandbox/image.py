@@ -1,6 +1,7 @@
 """The sandbox image: ``build_image()`` makes it, ``default_image()`` names it.
 
-Two recipes produce the same image (Debian bookworm, full ``python3``, a uid-1000 user, no
+Two recipes produce the same image (Debian bookworm, full ``python3`` and ``python3-numpy``
+(HumanEval solutions may import numpy, as where the official harness runs), a uid-1000 user, no
 setuid/setgid binaries):
 
 * ``docker build`` from ``sandbox/Dockerfile`` when the base image is present or a registry is
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 IMAGE_REPO = "agentgym-sandbox"
 BASE_IMAGE = "debian:bookworm-slim"
 SUITE = "bookworm"
-PACKAGES = ("python3",)
+PACKAGES = ("python3", "python3-numpy")
 REGISTRY = ("registry-1.docker.io", 443)
 DEBOOTSTRAP_CACHE = Path("/var/cache/agentgym/debootstrap")
 _RECIPE_VERSION = 1  # bump when _finish_rootfs changes

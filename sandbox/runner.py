@@ -389,7 +389,9 @@ class Supervisor:
         return self.result(outs, code, timed_out, oom, False, t0, timeout)
 
     def grade(self, req):
-        """Run trusted test code in a fresh interpreter; the report comes back on its own pipe.
+        """Run trusted test code in a fresh interpreter (``grader.py``); the report comes back on
+        its own pipe. With ``candidate`` ("module:function") the solution runs in a separate
+        process and the tests see it through a proxy (see grader.py).
 
         Everything else in the container is killed first, so leftover processes from the episode
         cannot interfere; the persistent worker is restarted afterwards. The report must carry a
@@ -401,9 +403,11 @@ class Supervisor:
         set_nonblocking(rep_r)
         os.set_inheritable(rep_r, False)
         cap = Capture(rep_r, CFG["max_file_bytes"])
-        nonce = os.urandom(16).hex()  # only a report carrying it counts (see GRADER_SOURCE)
+        nonce = os.urandom(16).hex()  # only a report carrying it counts (see grader.py)
+        header = {"fd": rep_w, "nonce": nonce, "candidate": req.get("candidate"),
+                  "budget_s": req.get("budget_s"), "source": GRADER_SOURCE}
         req = dict(req, argv=["python3", "-I", "-c", GRADER_SOURCE])
-        code = f"{rep_w} {nonce}\n{req.get('code', '')}".encode()
+        code = (json.dumps(header) + "\n" + req.get("code", "")).encode("utf-8", "surrogatepass")
         try:
             res = self.run_exec(req, stdin_data=code, extra_fd=rep_w, extra=(cap,))
             cap.pump()

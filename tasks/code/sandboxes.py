@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from agentgym.sandbox import SandboxPool
+
 __all__ = ["acquire_pool", "release_pool"]
 
 _pools: dict[asyncio.AbstractEventLoop, list[Any]] = {}  # loop -> [pool, users]
@@ -17,8 +19,6 @@ _pools: dict[asyncio.AbstractEventLoop, list[Any]] = {}  # loop -> [pool, users]
 
 async def acquire_pool(size: int, config: Any = None) -> Any:
     """The running loop's pool (started on first use), with one more user counted."""
-    from agentgym.sandbox import SandboxPool
-
     loop = asyncio.get_running_loop()
     entry = _pools.get(loop)
     if entry is None:
