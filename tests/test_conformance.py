@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 import agentgym
-from agentgym.conformance import check
+from agentgym.conformance import adversarial_scores, check
+from agentgym.rewards import Reward, Rubric
 
 SEARCH_R1_SAMPLE = Path(__file__).parent / "tasks" / "data" / "search_r1_sample"
 
@@ -34,3 +35,23 @@ def test_a_broken_env_fails_the_checks():
     results = {r.name: r for r in check("tests/Endless-v0")}
     assert results["episode budget"].ok  # the turn budget still ends it
     assert all(r.ok for r in results.values())
+
+
+def _contains_answer(trajectory, task):
+    return float(str(task.answer) in trajectory.final_text)
+
+
+def test_a_lenient_grader_fails_the_adversarial_check():
+    """A grader that credits any reply containing the answer loses to the spray (and only to
+    the attacks that put the answer in the reply)."""
+    agentgym.register("tests/Lenient-v0", "agentgym.testing:ToyEnv",
+                      rubric=Rubric([Reward("contains", _contains_answer, 1.0)]))
+    results = {r.name: r for r in check("tests/Lenient-v0")}
+    assert not results["adversarial policies"].ok
+    assert "answer spray" in results["adversarial policies"].detail
+    env = agentgym.make("tests/Lenient-v0")
+    try:
+        scores = adversarial_scores(env)
+    finally:
+        env.close()
+    assert scores["answer spray"] == [1.0] * 3 and scores["empty"] == [0.0] * 3

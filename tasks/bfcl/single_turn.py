@@ -9,9 +9,10 @@ answers by :func:`~.checker.check_calls`. See README.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from agentgym.conformance import constant_reply
 from agentgym.env import AgentEnv
 from agentgym.rewards import Reward, Rubric
 from agentgym.tasks.bfcl.checker import check_calls
@@ -127,6 +128,38 @@ class BFCLSingleEnv(AgentEnv):
         if self.task is not None:
             self.end_episode()
         return await super().astep(action)
+
+
+    def adversarial_replies(self, task: Task) -> dict[str, Callable[..., Any]]:
+        """BFCL-specific hacks for the conformance suite: the reference calls sprayed among
+        decoys, sent in forms a lenient parser would accept, or written as text."""
+        gold = reference_calls(task)
+        decoys = [(name, {k: _perturb(v) for k, v in args.items()}) for name, args in gold]
+        hermes = "".join(f"<tool_call>{json.dumps({'name': n, 'arguments': a})}</tool_call>"
+                         for n, a in gold)
+        replies: dict[str, Any] = {
+            "call spray": _message([*decoys, *gold, *gold]),
+            "python-literal calls": hermes.replace('"', "'"),
+            "trailing-comma calls": hermes.replace("}}</tool_call>", "},}</tool_call>"),
+            "calls as text": "\n".join(f"{n}({', '.join(f'{k}={v!r}' for k, v in a.items())})"
+                                       for n, a in gold),
+        }
+        return {name: constant_reply(reply) for name, reply in replies.items()}
+
+
+def _perturb(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 7
+    return f"{value}x" if isinstance(value, str) else None
+
+
+def _message(calls: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    return {"role": "assistant", "content": "", "tool_calls": [
+        {"id": f"s{i}", "type": "function",
+         "function": {"name": name, "arguments": json.dumps(args)}}
+        for i, (name, args) in enumerate(calls)]}
 
 
 def _acknowledge(**arguments: Any) -> str:

@@ -7,9 +7,10 @@ README.md for the reward spec and version log.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from agentgym.conformance import constant_reply
 from agentgym.env import AgentEnv
 from agentgym.rewards import Reward, Rubric
 from agentgym.tasks.calculator.safe_math import calculate
@@ -65,3 +66,17 @@ class MathEnv(AgentEnv):
         return Rubric([Reward("correct", verifier_score, 1.0), Reward("used_tool", used_tool, 0.0)])
 
     calculate = calculate  # the shared tool (tasks/calculator/safe_math.py)
+
+    def adversarial_replies(self, task: Task) -> dict[str, Callable[..., str]]:
+        """Math-specific hacks for the conformance suite: hedged and padded answer spans that
+        contain the reference answer (reasoning-gym's partial credit for containment)."""
+        gold = str(task.answer)
+        decoy = "0" if gold != "0" else "1"
+        replies = {
+            "hedge (gold first)": f"<answer>{gold} or {decoy}</answer>",
+            "list (gold first)": f"<answer>{gold}, {decoy}, {decoy}{decoy}</answer>",
+            "padded": f"<answer>{gold}{decoy}</answer>",
+            "gold inside prose": f"<answer>not {gold}, but {decoy}</answer>",
+        }
+        return {name: constant_reply(text) for name, text in replies.items()}
+

@@ -3,7 +3,7 @@
 Each dataset is built with an explicit seed per split, so tasks are reproducible and the
 splits are drawn from different seeds; eval questions that also occur in train are skipped.
 Grading uses the generator's own ``score_answer`` and, as a second opinion, math-verify (which
-reads answers written in prose or LaTeX); the better of the two counts.
+reads answers written in prose or LaTeX); the answer is correct when either accepts it fully.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agentgym.errors import RewardError
-from agentgym.rewards.verifiable import extract_answer, math_match
+from agentgym.rewards.verifiable import extract_answer
 from agentgym.types import Task, Trajectory
 
 __all__ = ["DEFAULT_DATASETS", "build_tasks", "verifier_score"]
@@ -72,16 +72,42 @@ def build_tasks(split: str, datasets: Mapping[str, Mapping[str, Any]], per_datas
     return tasks
 
 
+def _without_question(text: str, task: Task) -> str:
+    """The reply with the question's own text taken out: echoing the question (whose last
+    number is sometimes the answer, e.g. "the LCM of 6, 90") is no answer."""
+    question = str(task.prompt[-1]["content"]).strip()
+    return text.replace(question, " ") if question else text
+
+
+def _math_equal(answer: str, reference: str) -> float:
+    try:
+        from math_verify import parse, verify
+    except ImportError as exc:
+        raise RewardError("Math-v0 needs math-verify: pip install 'agentgym[math]'") from exc
+    gold = parse(reference if "$" in reference else f"${reference}$")
+    if not gold:
+        raise RewardError(f"math-verify cannot read the reference answer {reference!r}")
+    parsed = parse(answer)
+    return float(bool(parsed) and verify(gold, parsed))
+
+
 def verifier_score(trajectory: Trajectory, task: Task) -> float:
-    """The generator's own verifier on the extracted answer, or math-verify if it is higher."""
+    """1.0 when the generator's own verifier gives the extracted answer full marks or
+    math-verify finds it equal to the reference, else 0.0.
+
+    The answer is the last ``<answer>`` span of the final reply (else the reply), after the
+    question's own text is removed from the reply. Partial marks are not passed on:
+    reasoning-gym's default ``score_answer`` gives ``len(oracle) / len(answer)`` to any answer
+    that *contains* the oracle, so a hedged answer (``<answer>42 or 41</answer>``) would earn
+    0.4 without committing to one number.
+    """
     name, config = task.metadata["dataset"], task.metadata["config"]
     dataset = _dataset(name, json.dumps(config, sort_keys=True), 0, 1)
-    answer = extract_answer(trajectory.final_text)
+    answer = extract_answer(_without_question(trajectory.final_text, task))
     try:
         own = float(dataset.score_answer(answer or None, task.metadata["entry"]))
     except Exception as exc:  # a generator bug is an infra failure of the reward, not a 0
         raise RewardError(f"{name}.score_answer failed: {type(exc).__name__}: {exc}") from exc
     if own >= 1.0:
-        return own
-    return max(own, math_match(trajectory, task))
-
+        return 1.0
+    return _math_equal(answer, str(task.answer)) if answer else 0.0

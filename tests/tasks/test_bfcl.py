@@ -195,6 +195,24 @@ def test_single_turn_wrong_answers_earn_nothing_and_end_the_episode(action):
                                          "content": "Call recorded."}
 
 
+def test_single_turn_adversarial_replies_are_near_misses_of_a_passing_answer():
+    """The BFCL attacks of the conformance suite score 0, while the same calls sent properly
+    (as a message, or as Hermes text with JSON) score 1: they fail for the lenience they try."""
+    env = agentgym.make(SINGLE, split="eval")
+    for seed in range(5):
+        env.reset(seed=seed)
+        task = env.task
+        gold = reference_calls(task)
+        hermes = "".join(f"<tool_call>{json.dumps({'name': n, 'arguments': a})}</tool_call>"
+                         for n, a in gold)
+        for control in (calls_message(gold), hermes):
+            env.reset(seed=seed)
+            assert env.step(control)[1] == 1.0, task.id
+        for name, responder in env.adversarial_replies(task).items():
+            env.reset(seed=seed)
+            assert env.step(responder([], None))[1] == 0.0, (task.id, name)
+
+
 # --- multi-turn env --------------------------------------------------------------------------
 
 def ground_truth_plan(task):

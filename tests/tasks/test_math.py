@@ -89,3 +89,29 @@ def test_one_shot_trains_on_one_example_and_evaluates_on_math(tmp_path):
     missing = agentgym.make("agentgym/OneShotRLVR-v0", history=tmp_path / "none.jsonl")
     with pytest.raises(FileNotFoundError, match="no reward history"):
         missing.reset(seed=0)
+
+
+def test_hedged_or_padded_answers_earn_nothing(math_env):
+    """reasoning-gym's partial credit for an answer containing the oracle is not passed on
+    (before #21: "<answer>{gold} or 0</answer>" earned len(gold)/len(answer), e.g. 0.39)."""
+    for index, task in enumerate(math_env.tasks[:12]):
+        decoy = "0" if task.answer != "0" else "1"
+        for reply in (f"<answer>{task.answer} or {decoy}</answer>",
+                      f"<answer>{task.answer}, {decoy}</answer>",
+                      f"<answer>{task.answer}{decoy}</answer>"):
+            math_env.reset(options={"task_index": index})
+            assert math_env.step(reply)[1] == 0.0, (task.id, reply)
+
+
+def test_echoing_the_question_is_no_answer():
+    """The one-shot example asks for the LCM of 6 and 90: the question's last number is the
+    answer, and math-verify read it from an echoed question (1.0 before #21)."""
+    env = agentgym.make("agentgym/OneShotRLVR-v0")
+    try:
+        env.reset(seed=0)
+        question = env.task.prompt[-1]["content"]
+        assert env.step(question)[1] == 0.0
+        env.reset(seed=0)
+        assert env.step(f"{question}\nThe LCM is {env.task.answer}.")[1] == 1.0
+    finally:
+        env.close()
