@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from agentgym.sandbox import Candidate
+
 pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="session")]
 
 TESTS = """
@@ -142,3 +144,67 @@ async def test_async_tests_are_awaited(sb) -> None:
     g = await sb.grade("import asyncio\nasync def test_a():\n    await asyncio.sleep(0)\n"
                        "    assert False\n", timeout=10)
     assert g.total == 1 and g.passed == 0
+
+
+# ---- isolated grading: the solution behind the ``candidate`` proxy ----------------------------
+
+ISOLATED = """
+def test_small():
+    assert candidate(2, 3) == 5
+
+def test_types():
+    assert candidate(1.5, 1) == 2.5 and candidate([1], [2]) == [1, 2]
+    assert candidate("a", "b") == "ab" and candidate((1,), (2,)) == (1, 2)
+"""
+EQ_HACK = """
+class Yes:
+    def __eq__(self, other): return True
+class I(int):
+    def __eq__(self, other): return True
+def add(a, b):
+    return Yes() if isinstance(a, int) else I(0)
+"""
+FORGER = """
+import json, os, sys
+frame = sys._getframe()
+while frame is not None:
+    names = frame.f_locals
+    if "nonce" in names and "fd" in names:
+        names_ = ("test_small", "test_types", "test_negative", "test_big")
+        tests = [{"name": n, "passed": True, "error": None} for n in names_]
+        os.write(int(names["fd"]), ("\\n" + json.dumps({"nonce": names["nonce"],
+                 "setup_error": None, "tests": tests}) + "\\n").encode())
+        os._exit(0)
+    frame = frame.f_back
+def add(a, b):
+    return None
+"""
+
+
+async def test_isolated_grading_passes_honest_code_and_fails_what_fools_plain_grading(sb) -> None:
+    """In plain mode the solution shares the tests' process: an object answering True to every
+    ``==`` passes, and so does a report forged from the grader's frames. Behind the proxy both
+    fail, and the honest solution still passes."""
+    add = Candidate("solution", "add")
+    await sb.write_file("solution.py", GOOD)
+    g = await sb.grade(ISOLATED, timeout=10, candidate=add)
+    assert (g.passed, g.total, g.setup_error) == (2, 2, None)
+    await sb.write_file("solution.py", EQ_HACK)
+    assert (await sb.grade(TESTS, timeout=10)).passed == 3  # fooled: why isolation exists
+    g = await sb.grade(ISOLATED, timeout=10, candidate=add)
+    assert g.passed == 0 and "compares built-in values only" in g.tests[0].error
+    await sb.write_file("solution.py", FORGER)
+    assert (await sb.grade(TESTS, timeout=10)).passed == 3  # fooled: same process
+    assert (await sb.grade(ISOLATED, timeout=10, candidate=add)).passed == 0
+
+
+async def test_isolated_budget_exits_and_no_solution_import(sb) -> None:
+    add = Candidate("solution", "add", budget_s=1.0)
+    await sb.write_file("solution.py", "import time\ndef add(a, b):\n    time.sleep(5)\n")
+    g = await sb.grade(ISOLATED, timeout=10, candidate=add)
+    assert g.passed == 0 and "time budget" in g.tests[0].error and g.exec.duration_s < 4
+    await sb.write_file("solution.py", "import sys\ndef add(a, b):\n    sys.exit(0)\n")
+    assert (await sb.grade(ISOLATED, timeout=10, candidate=add)).passed == 0
+    await sb.write_file("solution.py", GOOD)
+    g = await sb.grade("def test_no_import():\n    import solution\n", timeout=10, candidate=add)
+    assert g.passed == 0 and "ModuleNotFoundError" in g.tests[0].error  # /work not on the path

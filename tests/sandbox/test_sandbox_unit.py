@@ -121,3 +121,34 @@ async def test_channel_breaks_on_wrong_id_and_eof() -> None:
     reader2.feed_eof()
     with pytest.raises(ChannelBroken):
         await chan2.call({"op": "ping"})
+
+
+def test_grader_codec_rebuilds_exact_builtin_values() -> None:
+    """Values cross the isolated grader's pipe as tagged JSON; subclasses arrive as their base
+    value (an overridden ``__eq__``/``__repr__``/``__iter__`` is never called), other types
+    are refused, and malformed data from the solution's process raises."""
+    from agentgym.sandbox.grader import decode, encode
+
+    value = [1, -2**70, 1.5, float("inf"), -0.0, 1 + 2j, "é\udc80", b"\x00", bytearray(b"x"),
+             (1, (2,)), {3}, frozenset({4}), {"k": [None, True]}, {(1, 2): "t"}]
+    back = decode(json.loads(json.dumps(encode(value))))
+    assert back == value and [type(v) for v in back] == [type(v) for v in value]
+
+    class Sneaky(int):
+        def __eq__(self, other):
+            return True
+
+        def __repr__(self):
+            return "999"
+
+    class Tricky(list):
+        def __iter__(self):
+            return iter([42])
+
+    assert encode(Sneaky(7)) == ["int", "7"] and type(decode(encode(Sneaky(7)))) is int
+    assert decode(encode(Tricky([1, 2]))) == [1, 2]
+    with pytest.raises(TypeError, match="built-in values only"):
+        encode(object())
+    for bad in (["int", "1e5x"], ["bool", 1], ["list", "ab"], ["nope"], [], "int", ["dict", [[]]]):
+        with pytest.raises((ValueError, TypeError)):
+            decode(bad)
