@@ -352,7 +352,7 @@ class TrainingSession(Generic[ConfigT]):
 async def open_session(config: ConfigT, resume: str | Path | None, model: torch.nn.Module,
                        tokenizer: PreTrainedTokenizerBase, *, group_size: int, kl_coef: float,
                        heads: dict[str, torch.nn.Module] | None = None,
-                       ) -> TrainingSession[ConfigT]:
+                       world: World | None = None) -> TrainingSession[ConfigT]:
     """Everything a run needs around ``model``; restores the newest checkpoint of ``resume``.
 
     Args:
@@ -360,9 +360,11 @@ async def open_session(config: ConfigT, resume: str | Path | None, model: torch.
         group_size: episodes per task.
         kl_coef: the KL coefficient (0: no reference policy is kept).
         heads: modules trained and checkpointed with the model (one optimiser for all).
+        world: the training processes; None joins them here (join before loading the model,
+            as GRPO does, so that each rank's CUDA model lands on its own GPU).
     """
     heads = heads or {}
-    world = join_world(config.distributed_timeout_s)
+    world = join_world(config.distributed_timeout_s) if world is None else world
     if world.world_size > 1 and config.engine != "hf":
         raise ValueError("several training processes need engine 'hf' (one embedded engine per "
                          f"rank); engine {config.engine!r} is single-process for now")

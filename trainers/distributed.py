@@ -3,7 +3,7 @@
 ::
 
     torchrun --nproc_per_node 2 -m agentgym.trainers.cli --config trainers/configs/smoke.yaml
-    accelerate launch --num_processes 2 -m agentgym.trainers.cli --config ...
+    accelerate launch --multi_gpu --num_processes 2 -m agentgym.trainers.cli --config ...
 
 Both launchers start one process per GPU (or per CPU share) and set ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`join_world` reads them and joins the
@@ -191,11 +191,11 @@ def join_world(timeout_s: float = 1800.0, env: Mapping[str, str] | None = None) 
     if world_size == 1:
         return SINGLE
     rank, local_rank = int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"]))
+    cuda = torch.cuda.is_available()
+    if cuda:  # "cuda" now means this rank's GPU: call before the model moves to the device
+        torch.cuda.set_device(local_rank)
     owns = not dist.is_initialized()
     if owns:
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
     logger.info("rank %d of %d (%s)", rank, world_size, dist.get_backend())

@@ -28,6 +28,11 @@ Deviations from the paper, each a known improvement and each a config switch:
 * groups whose G rewards are all equal have zero advantage and are skipped (logged as
   ``zero_variance_groups``); groups with an infra failure are dropped (``dropped_groups``).
 
+Several processes (``torchrun`` / ``accelerate launch``; see ``trainers/distributed.py``): every
+rank draws the same tasks and plays its share of the groups; :func:`update` normalises each
+rank's loss by the whole batch's rows and policy tokens and sums the gradients across ranks
+before clipping, so a step is the single-process step on the same batch.
+
 Implementation, not a deviation: the G sequences of a group share their prompt, which the
 forward pass runs once per micro-batch (its key/value cache feeds the G responses; the
 gradient is unchanged, see ``trainers/batch.py``), so keep ``micro_batch_size`` a multiple
@@ -57,7 +62,7 @@ from agentgym.trainers.common import (
     timed,
     to_sequences,
 )
-from agentgym.trainers.distributed import SINGLE, World
+from agentgym.trainers.distributed import SINGLE, World, join_world
 from agentgym.trainers.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -217,8 +222,9 @@ async def one_step(step: int, s: TrainingSession[GRPOConfig]) -> dict[str, Any]:
 async def train_async(config: GRPOConfig, resume: str | Path | None = None) -> Path:
     """Run GRPO; returns the run folder. ``resume`` continues a run folder exactly."""
     seed_everything(config.seed)
+    world = join_world(config.distributed_timeout_s)  # first: sets each rank's CUDA device
     model, tokenizer = load_trainee(config)
-    session = await open_session(config, resume, model, tokenizer,
+    session = await open_session(config, resume, model, tokenizer, world=world,
                                  group_size=config.num_generations, kl_coef=config.beta)
     return await run_steps(session, one_step)
 
