@@ -124,6 +124,36 @@ def test_two_rank_update_equals_the_whole_batch_update(tmp_path):
     print(f"max |param difference| after one SGD(lr=1) update: {worst:.2e}")
 
 
+def dying_worker(rank: int, port: int, out: str) -> None:
+    """Rank 1 dies right after joining; rank 0 reports what its next collective did."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    world = join_world(timeout_s=30)
+    if rank == 1:
+        os._exit(3)  # killed: no exception, no goodbye
+    try:
+        world.sum({"rows": 1})
+        result = "returned"
+    except Exception as exc:  # what a trainer rank would see instead of a hang
+        result = f"raised {type(exc).__name__}: {exc}"
+    (Path(out) / "rank0.txt").write_text(result)
+
+
+def test_a_dead_rank_fails_the_others_instead_of_hanging(tmp_path):
+    spawn = mp.get_context("spawn")
+    port = free_port()
+    ranks = [spawn.Process(target=dying_worker, args=(r, port, str(tmp_path))) for r in (0, 1)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=DEADLINE_S)
+    alive = [p for p in ranks if p.is_alive()]
+    for process in alive:
+        process.kill()
+    assert not alive, "a rank hung after its peer died"
+    assert (tmp_path / "rank0.txt").read_text().startswith("raised")
+
+
 # --- end to end: torchrun + the CLI ----------------------------------------------------------
 
 def torchrun(*args: str) -> None:
