@@ -203,12 +203,14 @@ def join_world(timeout_s: float = 1800.0, env: Mapping[str, str] | None = None) 
 
 
 def _buckets(grads: list[torch.Tensor]) -> Iterable[list[torch.Tensor]]:
-    """Consecutive runs of same-dtype gradients of at most ``_BUCKET_BYTES`` each."""
+    """Consecutive runs of gradients with one dtype and device, of at most ``_BUCKET_BYTES``
+    each (a single larger gradient is a bucket alone)."""
     bucket: list[torch.Tensor] = []
     size = 0
     for grad in grads:
         nbytes = grad.numel() * grad.element_size()
-        if bucket and (size + nbytes > _BUCKET_BYTES or grad.dtype != bucket[0].dtype):
+        if bucket and (size + nbytes > _BUCKET_BYTES or grad.dtype != bucket[0].dtype
+                       or grad.device != bucket[0].device):
             yield bucket
             bucket, size = [], 0
         bucket.append(grad)
