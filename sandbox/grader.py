@@ -200,9 +200,9 @@ class Candidate:
         argv = [sys.executable, "-I", "-c", self.source, "serve", self.module, self.function]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, close_fds=True)
-        self._answer()
+        self._answer("ready")
 
-    def _answer(self):
+    def _answer(self, expected="ok"):
         try:
             reply = receive(self.proc.stdout.fileno(), self.deadline)
         except TimeoutError:
@@ -213,9 +213,12 @@ class Candidate:
         if reply is None:
             self.proc.kill()
             raise CandidateError("the solution's process exited")
+        if type(reply) is not list or not reply or reply[0] not in (expected, "raised"):
+            self.proc.kill()
+            raise CandidateError("malformed answer")
         if reply[0] == "raised":
-            raise CandidateError(str(reply[1]))
-        return decode(reply[1]) if reply[0] == "ok" else None
+            raise CandidateError(str(reply[1]) if len(reply) > 1 else "the solution raised")
+        return decode(reply[1]) if expected == "ok" else None
 
     def __call__(self, *args, **kwargs):
         if self.deadline is not None and time.monotonic() >= self.deadline:

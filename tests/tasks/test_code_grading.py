@@ -14,7 +14,8 @@ import pytest
 
 from agentgym.tasks.code.env import HiddenTests, extract_solution, solution_file
 from agentgym.tasks.code.hacks import HACKS, hack_source
-from agentgym.tasks.code.humaneval import load_problems, tests_for
+from agentgym.tasks.code.humaneval import load_problems
+from agentgym.tasks.code.humaneval import tests_for as hidden_tests
 from agentgym.tasks.code.sandboxes import acquire_pool, release_pool
 
 PROBLEMS = {p["task_id"]: p for p in load_problems()}
@@ -68,7 +69,7 @@ async def _grade(task_id: str, reply: str, budget_s: float) -> float:
     problem = PROBLEMS[task_id]
     task = SimpleNamespace(id=task_id, metadata={
         "prompt": problem["prompt"], "entry_point": problem["entry_point"],
-        "tests": tests_for(problem)})
+        "tests": hidden_tests(problem)})
     tests = HiddenTests(pool_size=2, timeout_s=20.0, budget_s=budget_s)
     return (await tests._grade(SimpleNamespace(final_text=reply), task))[0]
 
