@@ -13,9 +13,10 @@
 
 Pieces (one module each): ``config`` (``SandboxConfig``, every limit), ``base`` (the backend
 contract, ``ExecResult``, ``GradeResult``), ``runner`` (PID 1 in each container, stdlib only),
-``protocol`` (host side of the framed protocol), ``docker_backend`` (containers and their
-hardening), ``pool`` (warm pool, reset, health checks, sweeping), ``image`` (``build_image``),
-``doctor`` (what is missing and how to fix it), ``cli`` (``agentgym sandbox build|doctor``).
+``grader`` (the in-container test harness and its value codec), ``protocol`` (host side of
+the framed protocol), ``docker_backend`` (containers and their hardening), ``pool`` (warm pool,
+reset, health checks, sweeping), ``image`` (``build_image``), ``doctor`` (what is missing and
+how to fix it), ``cli`` (``agentgym sandbox build|doctor``).
 
 Nothing here imports ``docker`` at import time; the SDK is loaded when a sandbox starts.
 
@@ -24,8 +25,10 @@ and the call deadline), try to reach the network, the host, the Docker socket or
 episodes (nothing is mounted or shared; every episode starts from a wiped, process-free
 container), attack the runner (it is an unkillable, non-dumpable PID 1; a broken interpreter is
 restarted, a lost container replaced), or tamper with its reward (``grade`` reads results from a
-private pipe, with test code sent from the host). The outcome of the code is data
-(``ExecResult``); ``agentgym.errors.SandboxError`` only means our machinery failed.
+private pipe, with test code sent from the host; with ``candidate=`` the solution runs in its own
+process and the tests, in a non-dumpable one, see only exact built-in values from it; see
+``grader.py``). The outcome of the code is data (``ExecResult``);
+``agentgym.errors.SandboxError`` only means our machinery failed.
 """
 
 from .base import Candidate, ExecResult, GradeResult, Sandbox, SandboxBackend, TestOutcome
