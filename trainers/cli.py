@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from agentgym.trainers.config import load_config
+
 __all__ = ["TRAINERS", "main", "run_training"]
 
 
@@ -36,8 +38,6 @@ TRAINERS: dict[str, Callable[[], tuple[type, Callable[..., Path]]]] = {"grpo": _
 def run_training(config_path: str | None, overrides: Sequence[str] | dict[str, Any] = (),
                  algorithm: str = "grpo", resume: str | None = None) -> Path:
     """Load the config (the run's own config.yaml when resuming) and train; returns the run."""
-    from agentgym.trainers.config import load_config
-
     if algorithm not in TRAINERS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {sorted(TRAINERS)}")
     config_cls, train = TRAINERS[algorithm]()

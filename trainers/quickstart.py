@@ -26,6 +26,7 @@ from rich.table import Table
 
 from agentgym.eval.evaluation import evaluate
 from agentgym.eval.leaderboard import write_leaderboard
+from agentgym.plots import plot_reward_curve
 from agentgym.policies.hf_engine import HFEngine
 from agentgym.policies.model_prep import prepare_model
 from agentgym.policy import Policy
@@ -122,8 +123,6 @@ def quickstart(steps: int | None = None, eval_examples: int = 50, out: str | Pat
 
 def _plot(run_dir: Path) -> Path | None:
     try:
-        from agentgym.plots import plot_reward_curve
-
         return Path(plot_reward_curve(run_dir))
     except ImportError as exc:  # matplotlib is optional
         logger.warning("no reward-curve PNG: %s", exc)
