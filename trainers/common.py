@@ -45,6 +45,14 @@ from rich.progress import Progress as RichProgress
 
 import agentgym
 from agentgym.errors import TokenizationDriftError
+from agentgym.policies.devices import (
+    autocast,
+    module_device,
+    peak_memory,
+    reset_peak_memory,
+    resolve_device,
+    resolve_dtype,
+)
 from agentgym.policies.hf_engine import HFEngine
 from agentgym.policies.model_prep import resolve_model
 from agentgym.policies.openai_client import OpenAIPolicy
@@ -65,10 +73,11 @@ if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["Progress", "ReferenceLogprobs", "TrainerConfig", "TrainingSession", "load_trainee",
-           "make_env_factory", "make_optimizer", "make_policy", "make_rollout_engine",
-           "open_session", "reference_logprobs", "run_folder", "run_steps", "seed_everything",
-           "step_metrics", "step_sampling", "timed", "to_sequences"]
+__all__ = ["Progress", "ReferenceLogprobs", "TrainerConfig", "TrainingSession", "autocast_for",
+           "load_trainee", "make_env_factory", "make_optimizer", "make_policy",
+           "make_rollout_engine", "open_session", "precision", "reference_logprobs", "run_folder",
+           "run_steps", "seed_everything", "step_metrics", "step_sampling", "timed",
+           "to_sequences"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +128,27 @@ class TrainerConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
                                  "down_proj", "gate_proj"])
     """Modules that get adapters."""
+    device: str = "auto"
+    """Where the trainer, the embedded engine, the value head and the reference model run:
+    ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    dtype: str = "auto"
+    """Compute precision: ``"auto"`` (bfloat16 on CUDA, float32 on the CPU), ``"float32"``,
+    ``"bfloat16"`` or ``"float16"`` (no loss scaling). Forward passes autocast to it and frozen
+    weights are stored in it; trained weights (LoRA adapters, full weights, the value head)
+    and their optimiser state stay float32."""
     bf16: bool = False
-    """Run the trainer's forward passes under bfloat16 autocast (CPUs with bf16 support)."""
+    """Shorthand for ``dtype: bfloat16`` when ``dtype`` is ``"auto"`` (kept for old configs)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (less memory, about a
+    third more compute)."""
+    micro_batch_tokens: int | None = None
+    """Token budget of one forward/backward: a micro-batch holds at most this many padded
+    tokens (rows x (prompt + response width)) and at most ``micro_batch_size`` rows; a longer
+    sequence is a micro-batch alone. None: rows only. The gradient does not depend on it."""
+    logprob_chunk_tokens: int | None = 8192
+    """The LM head turns hidden states into logprobs about this many tokens at a time (under
+    activation checkpointing), so a micro-batch's ``[B, T, V]`` float32 logits never exist at
+    once; None: all at once. The numbers do not depend on it."""
     max_steps: int = 50
     """Training steps of the run (rollouts -> update -> sync)."""
     max_concurrent: int = 64
@@ -164,11 +192,28 @@ def run_folder(output_dir: str, run_name: str | None, env_id: str) -> Path:
     return Path(output_dir) / name
 
 
+def precision(config: TrainerConfig) -> tuple[torch.device, torch.dtype]:
+    """(device, compute dtype) of ``config`` (see :mod:`agentgym.policies.devices`)."""
+    device = resolve_device(config.device)
+    name = "bfloat16" if config.bf16 and config.dtype == "auto" else config.dtype
+    return device, resolve_dtype(name, device)
+
+
+def autocast_for(model: torch.nn.Module, config: TrainerConfig,
+                 ) -> contextlib.AbstractContextManager:
+    """Autocast to ``config``'s compute dtype on ``model``'s device (off for float32)."""
+    return autocast(module_device(model), precision(config)[1])
+
+
 def load_trainee(config: TrainerConfig) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """(model, tokenizer) to train: ``config.model``, wrapped in LoRA adapters if ``lora``."""
+    """(model, tokenizer) to train: ``config.model`` on ``config.device``, wrapped in LoRA
+    adapters if ``lora``."""
+    device, dtype = precision(config)
     return load_model(config.model, lora=config.lora, lora_r=config.lora_r,
                       lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      lora_target_modules=config.lora_target_modules, seed=config.seed)
+                      lora_target_modules=config.lora_target_modules, seed=config.seed,
+                      device=device, dtype=dtype,
+                      gradient_checkpointing=config.gradient_checkpointing)
 
 
 def make_env_factory(env_id: str, env_kwargs: dict[str, Any]) -> Callable[[], agentgym.AgentEnv]:
@@ -214,14 +259,17 @@ def reference_logprobs(model: torch.nn.Module, config: TrainerConfig,
         return None
     if config.lora:
         def with_adapters_off(mb: Batch) -> torch.Tensor:
-            with torch.no_grad(), model.disable_adapter():
-                return policy_logprobs(model, mb, config.temperature)[0]
+            with torch.no_grad(), model.disable_adapter(), autocast_for(model, config):
+                return policy_logprobs(model, mb, config.temperature,
+                                       chunk_tokens=config.logprob_chunk_tokens)[0]
         return with_adapters_off
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    dtype = precision(config)[1]  # frozen: stored in the compute dtype
+    frozen = copy.deepcopy(model).eval().requires_grad_(False).to(dtype)
 
     def from_copy(mb: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            return policy_logprobs(frozen, mb, config.temperature)[0]
+        with torch.no_grad(), autocast_for(frozen, config):
+            return policy_logprobs(frozen, mb, config.temperature,
+                                   chunk_tokens=config.logprob_chunk_tokens)[0]
     return from_copy
 
 
@@ -234,7 +282,8 @@ async def make_policy(config: TrainerConfig, model: torch.nn.Module,
     ``vllm``: a local vLLM server on the base model; LoRA adapters are hot-loaded every step.
     """
     if config.engine == "hf":
-        engine = HFEngine(model, tokenizer, max_batch_size=64, max_wait_s=0.02)
+        engine = HFEngine(model, tokenizer, max_batch_size=64, max_wait_s=0.02,
+                          dtype=precision(config)[1])
         return engine, SharedWeightSync(engine), engine.aclose
     if config.engine != "vllm":
         raise ValueError(f"engine must be 'hf' or 'vllm', got {config.engine!r}")
@@ -319,7 +368,8 @@ class TrainingSession(Generic[ConfigT]):
         counts = self.world.sum({**counts, "policy_tokens": int(batch.mask.sum())
                                  if batch is not None else 0})
         row = {"step": step, **step_metrics(groups, stats, timings, counts),
-               "learning_rate": self.scheduler.get_last_lr()[0]}
+               "learning_rate": self.scheduler.get_last_lr()[0],
+               **peak_memory(module_device(self.model))}
         if self.world.is_main:
             self.run.log_metrics(row)
             self.run.log_samples(step, [t for g in groups for t in g.trajectories]
@@ -380,7 +430,8 @@ async def open_session(config: ConfigT, resume: str | Path | None, model: torch.
         start, weights = run.load_checkpoint(optimizer, scheduler, task_rng)
         load_weights(model, weights, config.lora)
         for name, head in heads.items():
-            head.load_state_dict(torch.load(weights.parent / f"{name}.pt"))
+            head.load_state_dict(torch.load(weights.parent / f"{name}.pt",
+                                            map_location=module_device(head)))
         load_rank_rng(weights.parent / "ranks.pt", world)
         if world.is_main:
             run.truncate_to(start)
@@ -406,6 +457,7 @@ async def run_steps(session: TrainingSession[ConfigT],
         with Progress(config.max_steps, session.start,
                       enabled=session.world.is_main) as progress:
             for step in range(session.start + 1, config.max_steps + 1):
+                reset_peak_memory(module_device(session.model))
                 row = await one_step(step, session)
                 progress.advance(step, row["reward_mean"])
                 if step % config.save_steps == 0 or step == config.max_steps:

@@ -37,6 +37,11 @@ Implementation, not a deviation: the G sequences of a group share their prompt, 
 forward pass runs once per micro-batch (its key/value cache feeds the G responses; the
 gradient is unchanged, see ``trainers/batch.py``), so keep ``micro_batch_size`` a multiple
 of ``num_generations``.
+Precision and memory (``device``, ``dtype``, ``gradient_checkpointing``, ``micro_batch_tokens``,
+``logprob_chunk_tokens``; none of them changes the numbers beyond float rounding): forward
+passes autocast to the compute dtype on the model's device while trained weights stay float32;
+micro-batches are cut by rows and a token budget; logprobs come from the LM head in chunks of
+positions, so the ``[B, T, V]`` float32 logits never exist at once.
 """
 
 from __future__ import annotations
@@ -49,12 +54,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from agentgym.policies.devices import module_device
 from agentgym.rollout import Group
-from agentgym.trainers.batch import Batch, pack, policy_logprobs
+from agentgym.trainers.batch import Batch, micro_batches, pack, policy_logprobs
 from agentgym.trainers.common import (
     ReferenceLogprobs,
     TrainerConfig,
     TrainingSession,
+    autocast_for,
     load_trainee,
     open_session,
     run_steps,
@@ -129,7 +136,7 @@ def advantages_for(groups: list[Group], scale: bool) -> tuple[list[Trajectory], 
     advantages: list[float] = []
     zero_variance = 0
     for group in groups:
-        rewards = torch.tensor([[float(r) for r in group.rewards]])  # [1, G]
+        rewards = torch.tensor([[float(r) for r in group.rewards]])  # [1, G], host-side
         if float(rewards.std()) == 0.0:
             zero_variance += 1
             continue
@@ -155,13 +162,15 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
     rows, tokens = totals["rows"], totals["tokens"]
     max_len = config.max_completion_length
     aggregate, share = AGGREGATIONS[config.loss_type], _MICRO_SHARE[config.loss_type]
-    micro = [] if batch is None else [batch.select(slice(i, i + config.micro_batch_size))
-                                      for i in range(0, len(batch), config.micro_batch_size)]
+    chunk = config.logprob_chunk_tokens
+    micro = [] if batch is None else micro_batches(batch, config.micro_batch_size,
+                                                   config.micro_batch_tokens)
     old = [mb.sampler_logp for mb in micro]
     weights: list[torch.Tensor | None] = [None] * len(micro)
     if config.tis_cap is not None:  # recompute pi_old with the trainer's own numerics
-        with torch.no_grad():
-            old = [policy_logprobs(model, mb, config.temperature)[0] for mb in micro]
+        with torch.no_grad(), autocast_for(model, config):
+            old = [policy_logprobs(model, mb, config.temperature, chunk_tokens=chunk)[0]
+                   for mb in micro]
         weights = [truncated_importance_weights(o, mb.sampler_logp, config.tis_cap)
                    for o, mb in zip(old, micro, strict=True)]
     refs = [ref(mb) for mb in micro] if ref is not None else [None] * len(micro)
@@ -169,8 +178,8 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
     for _ in range(config.num_iterations):
         optimizer.zero_grad(set_to_none=True)
         for mb, old_logp, weight, ref_logp in zip(micro, old, weights, refs, strict=True):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                logp, entropy = policy_logprobs(model, mb, config.temperature, True)
+            with autocast_for(model, config):
+                logp, entropy = policy_logprobs(model, mb, config.temperature, True, chunk)
             loss_tok, clipped = clipped_policy_loss(logp, old_logp, mb.advantages,
                                                     config.epsilon, config.epsilon_high)
             if weight is not None:
@@ -205,7 +214,8 @@ async def one_step(step: int, s: TrainingSession[GRPOConfig]) -> dict[str, Any]:
         trajectories, advantages, zero_variance = advantages_for(usable, config.scale_rewards)
         sequences, advantages, drift = to_sequences(trajectories, advantages)
     stats: dict[str, float] = {}
-    batch = pack(sequences, advantages, s.tokenizer.pad_token_id or 0) if sequences else None
+    batch = pack(sequences, advantages, s.tokenizer.pad_token_id or 0,
+                 device=module_device(s.model)) if sequences else None
     with timed(timings, "train"):
         if s.world.sum({"rows": len(sequences)})["rows"]:  # every rank updates, or none
             s.model.train()

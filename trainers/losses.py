@@ -155,8 +155,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         (advantages ``[B, T]``, returns ``[B, T]``), zero where the mask is 0.
     """
     advantages = torch.zeros_like(rewards)  # [B, T]
-    next_value = torch.zeros(rewards.shape[0], dtype=rewards.dtype)  # [B]
-    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)  # [B]
+    next_value = rewards.new_zeros(rewards.shape[0])  # [B]
+    running = rewards.new_zeros(rewards.shape[0])  # [B]
     for t in reversed(range(rewards.shape[1])):
         m = mask[:, t]  # [B]
         delta = rewards[:, t] + gamma * next_value - values[:, t]  # [B]

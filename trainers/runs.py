@@ -11,8 +11,9 @@
                              (+ <name>.pt per extra state, e.g. PPO's value_head.pt)
 
 A checkpoint holds everything needed to continue exactly: weights, optimizer and scheduler
-state, every RNG (python, numpy, torch, the task sampler) and the step, so a run killed and
-resumed reaches the same state as one that never stopped.
+state, every RNG (python, numpy, torch's CPU generator and, when CUDA is in use, every CUDA
+device's generator, the task sampler) and the step, so a run killed and resumed on the same
+device reaches the same state as one that never stopped.
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ class RunDir:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(), "tasks": task_rng.bit_generator.state},
-                   tmp / "rng.pt")
+                    "torch": torch.get_rng_state(), "cuda": _cuda_rng_state(),
+                    "tasks": task_rng.bit_generator.state}, tmp / "rng.pt")
         for name, state in (extra or {}).items():
             torch.save(state, tmp / f"{name}.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step}))
@@ -140,6 +141,11 @@ class RunDir:
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        elif rng.get("cuda") is not None:
+            logger.warning("%s was saved on CUDA; resuming without a GPU continues the run, "
+                           "but not bit-exactly", latest)
         task_rng.bit_generator.state = rng["tasks"]
         step = json.loads((latest / "state.json").read_text())["step"]
         return step, latest / "model"
@@ -149,3 +155,11 @@ class RunDir:
         for tracker in self._trackers:
             tracker.close()
         self._trackers = []
+
+
+def _cuda_rng_state() -> list[torch.Tensor] | None:
+    """Every CUDA device's generator state, or None when CUDA was never initialised (a CPU
+    run: nothing drew from a CUDA generator)."""
+    if not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.get_rng_state_all()

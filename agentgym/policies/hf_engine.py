@@ -18,6 +18,10 @@ trainer runs its update through :meth:`run_exclusive` (in the engine's compute t
 batches) so no generation reads half-updated weights. Every
 completion records the ``weight_version`` of the weights that produced it. Generation runs with
 the module in eval mode (no dropout, LoRA dropout included) and restores the trainer's mode after.
+
+Device and precision (:mod:`agentgym.policies.devices`): every input tensor, the sampler's
+per-row state and its seeded generators live on the model's device; with a ``dtype`` the
+forward passes autocast to it, as the trainer's do, so sampler and trainer compute alike.
 """
 
 from __future__ import annotations
@@ -81,12 +85,25 @@ class HFEngine:
         max_batch_size: most rows per ``generate`` call.
         max_wait_s: how long the first request of a batch waits for company.
         weight_version: the version recorded on completions until the next bump.
+        device: move the model there (``"auto"``, ``"cpu"``, ``"cuda[:N]"``); None keeps it
+            where it is (a trainer's shared module).
+        dtype: autocast generation to this compute dtype (``"auto"``: bfloat16 on CUDA,
+            float32 elsewhere; a name or a ``torch.dtype``); None: the weights' own precision.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32,
-                 max_wait_s: float = 0.01, weight_version: int = 0):
+                 max_wait_s: float = 0.01, weight_version: int = 0, device: Any = None,
+                 dtype: Any = None):
         if max_batch_size < 1 or max_wait_s < 0:
             raise ValueError("max_batch_size must be >= 1 and max_wait_s >= 0")
+        self._dtype = None
+        if device is not None or dtype is not None:
+            from agentgym.policies.devices import module_device, resolve_device, resolve_dtype
+
+            if device is not None:
+                model.to(resolve_device(device))
+            if dtype is not None:
+                self._dtype = resolve_dtype(dtype, module_device(model))
         self._model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -105,19 +122,22 @@ class HFEngine:
         self._pad_id = pad if pad is not None else min(self._eos_ids)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, *, dtype: str = "float32",
-                        **kwargs: Any) -> HFEngine:
-        """Load a local Hugging Face folder (None: the prepared default SmolLM2) and serve it."""
-        import torch
+    def from_pretrained(cls, path: str | Path | None = None, *, device: str = "auto",
+                        dtype: str = "auto", **kwargs: Any) -> HFEngine:
+        """Load a local Hugging Face folder (None: the prepared default SmolLM2) onto ``device``
+        with its weights in ``dtype`` (``"auto"``: bfloat16 on CUDA, float32 elsewhere)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from agentgym.policies.devices import resolve_device, resolve_dtype
         from agentgym.policies.model_prep import resolve_model
 
         folder = resolve_model(path)
+        where = resolve_device(device)
+        precision = resolve_dtype(dtype, where)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=precision).to(where)
         model.eval()
-        return cls(model, tokenizer, **kwargs)
+        return cls(model, tokenizer, dtype=precision, **kwargs)
 
     # --- weights ---------------------------------------------------------------------------
 
@@ -296,6 +316,7 @@ class HFEngine:
         import torch
         from transformers import GenerationConfig
 
+        from agentgym.policies.devices import autocast, module_device
         from agentgym.policies.sampling import RowSampler, RowSpec, RowStop, cut_completion
         from agentgym.policies.shared_prompts import distinct_rows, prefill_shared
 
@@ -306,29 +327,33 @@ class HFEngine:
                 seed = None if s.seed is None else s.seed + k
                 rows.append((request, RowSpec(s.temperature, s.top_p, s.max_tokens,
                                               tuple(s.stop), seed)))
+        device = module_device(self._model)
         width = max(len(r.prompt_ids) for r, _ in rows)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)  # [B, T]
-        mask = torch.zeros((len(rows), width), dtype=torch.long)  # [B, T]
-        for i, (request, _) in enumerate(rows):
-            n = len(request.prompt_ids)
-            input_ids[i, width - n:] = torch.tensor(request.prompt_ids)
-            mask[i, width - n:] = 1
+        pads = [width - len(r.prompt_ids) for r, _ in rows]
+        input_ids = torch.tensor([[self._pad_id] * pad + list(r.prompt_ids)
+                                  for pad, (r, _) in zip(pads, rows, strict=True)],
+                                 dtype=torch.long, device=device)  # [B, T]
+        mask = torch.tensor([[0] * pad + [1] * (width - pad) for pad in pads],
+                            dtype=torch.long, device=device)  # [B, T]
         specs = [spec for _, spec in rows]
-        sampler = RowSampler(specs)
-        stopper = RowStop(specs, width, self.tokenizer)
+        sampler = RowSampler(specs, device)
+        stopper = RowStop(specs, width, self.tokenizer, device)
         # A clean config: the model's own sampling defaults (top_k, repetition penalty...) must
         # not leak in; every row's sampling is RowSampler's. Its greedy pick is the sampled token.
         config = GenerationConfig(do_sample=False, num_beams=1, eos_token_id=sorted(self._eos_ids),
                                   pad_token_id=self._pad_id,
                                   max_new_tokens=max(s.max_tokens for s in specs))
-        with self._weights_lock, torch.inference_mode(), _eval_mode(self._model):
+        precision = self._dtype or torch.float32  # float32: autocast off, the weights' own
+        with self._weights_lock, torch.inference_mode(), _eval_mode(self._model), \
+                autocast(device, precision):
             version = self._version
             cache = None
             prompt_of, first_rows = distinct_rows([r.prompt_ids for r, _ in rows])
             if len(first_rows) < len(rows) and width > 1:  # G rows share a prompt: prefill
                 # it once; generate then runs only the last prompt column and the new tokens
                 cache, _ = prefill_shared(self._model, input_ids[first_rows, :-1],
-                                          mask[first_rows, :-1], torch.tensor(prompt_of))
+                                          mask[first_rows, :-1],
+                                          torch.tensor(prompt_of, device=device))
             out = self._model.generate(input_ids=input_ids, attention_mask=mask,
                                        past_key_values=cache, generation_config=config,
                                        logits_processor=[sampler], stopping_criteria=[stopper])

@@ -16,6 +16,10 @@ setting to the whole batch, so sampling happens here instead:
   the end-of-turn token (or the token that completed a stop string), text without them, and the
   finish reason.
 
+Every tensor, the per-row generators included, lives on the model's device (``device``): a
+seeded row draws from its own generator on that device, so a seed reproduces its samples on the
+same device.
+
 Logprobs are "processed" logprobs (after temperature and top-p), which is what vLLM returns with
 ``--logprobs-mode processed_logprobs``; both engines therefore report the same quantity.
 Imports torch at module import: import this module only from inside engine code.
@@ -57,18 +61,25 @@ def _top_p_filter(logp: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
 
 
 class RowSampler(LogitsProcessor):
-    """Samples each row with its own temperature, top-p and generator; records logprobs."""
+    """Samples each row with its own temperature, top-p and generator; records logprobs.
 
-    def __init__(self, rows: Sequence[RowSpec]):
-        self.temps = torch.tensor([r.temperature for r in rows], dtype=torch.float32)  # [B]
+    Args:
+        rows: each row's settings.
+        device: the device of the scores ``generate`` hands over (the model's).
+    """
+
+    def __init__(self, rows: Sequence[RowSpec], device: torch.device | str):
+        self.device = torch.device(device)
+        self.temps = torch.tensor([r.temperature for r in rows], dtype=torch.float32,
+                                  device=self.device)  # [B]
         self.greedy = self.temps == 0  # [B]
         top_p = [1.0 if r.temperature == 0 else r.top_p for r in rows]
-        self.top_p = torch.tensor(top_p, dtype=torch.float32)  # [B]
+        self.top_p = torch.tensor(top_p, dtype=torch.float32, device=self.device)  # [B]
         self.generators: list[torch.Generator | None] = []
         for r in rows:
             gen = None
             if r.seed is not None:
-                gen = torch.Generator().manual_seed(r.seed)
+                gen = torch.Generator(device=self.device).manual_seed(r.seed)
             self.generators.append(gen)
         self.steps: list[torch.Tensor] = []  # one [B] tensor of logprobs per generated token
 
@@ -90,10 +101,10 @@ class RowSampler(LogitsProcessor):
         and a binary search cost ~2 ms and let every seeded row draw from its own generator.
         """
         cdf = logp.exp().cumsum(dim=-1)  # [B, V]
-        u = torch.rand(cdf.shape[0])  # [B]
+        u = torch.rand(cdf.shape[0], device=self.device)  # [B]
         for i, gen in enumerate(self.generators):
             if gen is not None:
-                u[i] = torch.rand((), generator=gen)
+                u[i] = torch.rand((), generator=gen, device=self.device)
         u = (u * cdf[:, -1])[:, None]  # [B, 1] scaled to each row's total mass
         # right=True: the first index whose cdf exceeds u, so zero-probability tokens never win.
         tokens = torch.searchsorted(cdf, u, right=True).squeeze(1)  # [B]
@@ -105,15 +116,16 @@ class RowSampler(LogitsProcessor):
     def logprobs(self) -> torch.Tensor:
         """All recorded logprobs, ``[B, steps]``."""
         if not self.steps:
-            return torch.zeros((len(self.generators), 0))
+            return torch.zeros((len(self.generators), 0), device=self.device)
         return torch.stack(self.steps, dim=1)
 
 
 class RowStop(StoppingCriteria):
     """Ends a row when it reaches its own ``max_tokens`` or writes one of its stop strings."""
 
-    def __init__(self, rows: Sequence[RowSpec], prompt_len: int, tokenizer: object):
-        self.max_tokens = torch.tensor([r.max_tokens for r in rows])  # [B]
+    def __init__(self, rows: Sequence[RowSpec], prompt_len: int, tokenizer: object,
+                 device: torch.device | str):
+        self.max_tokens = torch.tensor([r.max_tokens for r in rows], device=device)  # [B]
         self.stops = [r.stop for r in rows]
         self.prompt_len = prompt_len
         self.tokenizer = tokenizer

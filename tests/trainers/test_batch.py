@@ -5,7 +5,7 @@ from gates import TRAIN_INSTALL, require_module
 torch = require_module("torch", TRAIN_INSTALL)
 
 from agentgym.tokens import TokenSequence  # noqa: E402
-from agentgym.trainers.batch import pack, policy_logprobs, response_outputs  # noqa: E402
+from agentgym.trainers.batch import pack, policy_logprobs, response_hidden  # noqa: E402
 from agentgym.trainers.losses import token_logprobs  # noqa: E402
 from agentgym.trainers.smoke import char_tokenizer, tiny_model  # noqa: E402
 
@@ -78,9 +78,12 @@ def test_selected_micro_batches_give_the_same_logprobs():
 def test_hidden_states_line_up_with_the_logits():
     tokenizer = char_tokenizer()
     model = tiny_model(tokenizer, seed=2)
-    batch = pack(sequences(tokenizer), [0.0] * 5, tokenizer.pad_token_id)
+    seqs = sequences(tokenizer)
+    batch = pack(seqs, [0.0] * 5, tokenizer.pad_token_id)
     with torch.no_grad():
-        out = response_outputs(model, batch, with_hidden=True)
-        relogits = model.get_output_embeddings()(out.hidden)  # [B, R, V]
-    assert out.hidden.shape[:2] == batch.targets.shape
-    assert torch.allclose(relogits, out.logits, atol=1e-5)
+        hidden = response_hidden(model, batch)  # [B, R, H]
+        relogp = token_logprobs(model.get_output_embeddings()(hidden), batch.targets)
+        reference = one_by_one(model, seqs, 1.0)
+    assert hidden.shape[:2] == batch.targets.shape
+    for row, ref in enumerate(reference):
+        assert torch.allclose(relogp[row, :len(ref)], ref, atol=1e-5), row
