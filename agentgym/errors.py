@@ -43,6 +43,7 @@ The tree::
     │   └── TokenizationDriftError         infra  (chat template rewrote earlier turns)
     ├── RewardError                        infra
     │   └── JudgeError                     infra  (judge call failed or reply unparseable)
+    ├── WorkerLostError                    infra  (a Ray env worker died mid-episode)
     └── AgentGymTimeoutError (TimeoutError) infra
         ├── ToolTimeoutError               model  (the model's code ran past its deadline)
         ├── AcquireTimeoutError            infra  (no sandbox free in time)
@@ -89,6 +90,7 @@ __all__ = [
     "ToolTimeoutError",
     "UnknownEnvError",
     "UnknownToolError",
+    "WorkerLostError",
 ]
 
 
@@ -292,6 +294,14 @@ class RewardError(AgentGymError):
 
 class JudgeError(RewardError):
     """A judge model call failed or its reply could not be mapped to a score."""
+
+
+# --- distributed rollouts -------------------------------------------------------------------
+
+
+class WorkerLostError(AgentGymError):
+    """The env worker (a Ray actor) playing an episode died or became unreachable; the
+    episode is resampled on another worker (see :mod:`agentgym.ray_rollout`)."""
 
 
 # --- timeouts -------------------------------------------------------------------------------

@@ -17,6 +17,13 @@ happened.
 
 Group rewards (e.g. relative judging) run once a group is complete, through
 :meth:`~agentgym.rewards.Rubric.score_group`.
+
+Episodes can run elsewhere: given ``remote`` (:class:`RemoteEpisodes`, e.g.
+:class:`~agentgym.ray_rollout.RayEpisodes`, env workers on a Ray cluster), each episode is
+played there with the sampling settings this engine chose for it; grouping, resampling, group
+scoring, the writer and the order of results stay here, so they are the same as local rollouts.
+A worker that dies mid-episode raises :class:`~agentgym.errors.WorkerLostError`, recorded on the
+trajectory as an infra error (and resampled like any other).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from agentgym.env import AgentEnv
 from agentgym.errors import (
@@ -35,12 +42,13 @@ from agentgym.errors import (
     EpisodeTimeoutError,
     ErrorRecord,
     RewardError,
+    WorkerLostError,
 )
 from agentgym.policy import Policy, SamplingParams
 from agentgym.trajectory_io import TrajectoryWriter
 from agentgym.types import Task, Trajectory
 
-__all__ = ["Group", "RolloutConfig", "RolloutEngine"]
+__all__ = ["Group", "RemoteEpisodes", "RolloutConfig", "RolloutEngine"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +107,22 @@ class Group:
         return [t.error for t in self.trajectories if t.error is not None]
 
 
+class RemoteEpisodes(Protocol):
+    """Where episodes run when not in this process (e.g. Ray env workers)."""
+
+    async def play(self, options: dict[str, Any], sampling: SamplingParams) -> Trajectory:
+        """Play one episode with exactly ``sampling``.
+
+        Raises:
+            WorkerLostError: the worker playing it died or stopped answering.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release the workers."""
+        ...
+
+
 class RolloutEngine:
     """Plays episodes of one environment against one policy.
 
@@ -109,13 +133,23 @@ class RolloutEngine:
         policy: anything implementing :class:`~agentgym.policy.Policy`.
         config: rollout settings.
         writer: if given, every finished trajectory is streamed to it.
+        remote: play episodes there instead of in this process (see the module docs); this
+            engine then only keeps one env, for tasks and group scoring.
+
+    Attributes:
+        resampled: episodes played again after an infra error (all groups so far).
+        dropped_groups: groups dropped because an infra error survived resampling.
     """
 
     def __init__(self, make_env: Callable[[], AgentEnv], policy: Policy,
-                 config: RolloutConfig | None = None, writer: TrajectoryWriter | None = None):
+                 config: RolloutConfig | None = None, writer: TrajectoryWriter | None = None,
+                 remote: RemoteEpisodes | None = None):
         self.make_env, self.policy = make_env, policy
         self.config = config or RolloutConfig()
         self.writer = writer
+        self.remote = remote
+        self.resampled = 0
+        self.dropped_groups = 0
         self._free_envs: list[AgentEnv] = []
         self._all_envs: list[AgentEnv] = []
         self._slots = asyncio.Semaphore(self.config.max_concurrent)
@@ -123,12 +157,24 @@ class RolloutEngine:
 
     async def run_episode(self, options: dict[str, Any], sample_index: int = 0) -> Trajectory:
         """Play one episode on the task chosen by ``options`` (``task_id`` or ``task_index``)."""
+        sampling = self._sampling(sample_index)
         async with self._slots:
-            env = self._take_env()
-            try:
-                return await self._play(env, options, sample_index)
-            finally:
-                self._free_envs.append(env)
+            if self.remote is not None:
+                try:
+                    return await self.remote.play(options, sampling)
+                except WorkerLostError as exc:
+                    logger.warning("episode on %s lost: %s", options, exc)
+                    return await self._abort(self._scoring_env(), exc, options, False)
+            return await self.play_here(options, sampling)
+
+    async def play_here(self, options: dict[str, Any], sampling: SamplingParams) -> Trajectory:
+        """Play one episode in this process with exactly ``sampling`` (no slot taken: what a
+        remote worker calls)."""
+        env = self._take_env()
+        try:
+            return await self._play(env, options, sampling)
+        finally:
+            self._free_envs.append(env)
 
     async def run_group(self, task_id: str) -> Group:
         """Play ``group_size`` episodes of one task, resampling or dropping on infra errors."""
@@ -140,6 +186,7 @@ class RolloutEngine:
             failed = [i for i, t in enumerate(trajectories) if t.error is not None]
             if not failed:
                 break
+            self.resampled += len(failed)
             redo = await asyncio.gather(
                 *(self.run_episode({"task_id": task_id}, i + size) for i in failed))
             for i, trajectory in zip(failed, redo, strict=True):
@@ -147,6 +194,7 @@ class RolloutEngine:
         group = Group(task_id, tuple(trajectories),
                       dropped=any(t.error is not None for t in trajectories))
         group = await self._score_group(group)
+        self.dropped_groups += group.dropped
         if self.writer is not None:
             for trajectory in group.trajectories:
                 self.writer.write(trajectory)
@@ -174,7 +222,9 @@ class RolloutEngine:
         return self._scoring_env().tasks
 
     async def aclose(self) -> None:
-        """Close every env the engine created."""
+        """Close every env the engine created (and the remote workers)."""
+        if self.remote is not None:
+            await self.remote.aclose()
         for env in self._all_envs + ([self._scorer] if self._scorer else []):
             await env.aclose()
         self._all_envs.clear()
@@ -196,11 +246,12 @@ class RolloutEngine:
             sampling = dataclasses.replace(sampling, seed=sampling.seed + sample_index)
         return sampling
 
-    async def _play(self, env: AgentEnv, options: dict[str, Any], sample_index: int) -> Trajectory:
+    async def _play(self, env: AgentEnv, options: dict[str, Any],
+                    sampling: SamplingParams) -> Trajectory:
         started = [False]  # set once reset succeeded: before that there is no episode to abort
         try:
             async with asyncio.timeout(self.config.episode_timeout_s):
-                return await self._turns(env, options, self._sampling(sample_index), started)
+                return await self._turns(env, options, sampling, started)
         except TimeoutError as exc:
             if isinstance(exc, AgentGymError):
                 failure: BaseException = exc

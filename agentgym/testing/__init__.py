@@ -7,6 +7,8 @@
   templates must have, so token-level code (loss masks, budgets) can be tested exactly.
 * :class:`ToyEnv` -- a small configurable environment: tasks, tools and rubric are arguments.
   By default it asks for sums of two numbers and offers an ``add`` tool.
+* :class:`ToySolver` -- a deterministic responder for
+  :class:`~agentgym.testing.stub_server.StubServer` that solves ToyEnv's sums with tool calls.
 
 Use these instead of mocks: they obey the same contracts as the real parts.
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,7 +29,7 @@ from agentgym.rewards import Reward, Rubric, numeric_match
 from agentgym.tools import Tool, tool
 from agentgym.types import Split, Task
 
-__all__ = ["FakePolicy", "ToyEnv", "byte_tokens"]
+__all__ = ["FakePolicy", "ToyEnv", "ToySolver", "byte_tokens", "waiting_add"]
 
 Reply = str | Mapping[str, Any]
 Responder = Callable[[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]] | None], Reply]
@@ -107,6 +111,34 @@ class FakePolicy:
         """Nothing to release."""
 
 
+class ToySolver:
+    """A StubServer responder for ToyEnv's sums: ``calls`` ``add`` tool calls, then the answer.
+
+    Args:
+        calls: tool calls per episode before the answer (turns = calls + 1).
+        delay_s: the server's time per request (it blocks that server's loop).
+
+    Attributes:
+        questions: the question of every request served, in order (which server played what).
+    """
+
+    def __init__(self, calls: int = 2, delay_s: float = 0.0):
+        self.calls, self.delay_s = calls, delay_s
+        self.questions: list[str] = []
+
+    def __call__(self, request: Mapping[str, Any]) -> str:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        messages = request["messages"]
+        question = next(m["content"] for m in messages if m["role"] == "user")
+        self.questions.append(question)
+        a, b = (int(x) for x in re.findall(r"\d+", question)[:2])
+        if sum(m["role"] == "tool" for m in messages) < self.calls:
+            call = {"name": "add", "arguments": {"a": a, "b": b}}
+            return f"<tool_call>{json.dumps(call)}</tool_call>"
+        return f"The answer is {a + b}."
+
+
 @tool(inline=True)
 def add(a: float, b: float) -> float:
     """Add two numbers.
@@ -116,6 +148,23 @@ def add(a: float, b: float) -> float:
         b: the second number.
     """
     return a + b
+
+
+def waiting_add(delay_s: float) -> Tool:
+    """An ``add`` tool that waits ``delay_s`` before answering, as a remote API or a sandbox
+    would: an I/O-bound tool for rollout tests and benchmarks (it pickles, for Ray workers)."""
+
+    async def add(a: float, b: float) -> float:
+        """Add two numbers.
+
+        Args:
+            a: the first number.
+            b: the second number.
+        """
+        await asyncio.sleep(delay_s)
+        return a + b
+
+    return tool(add)
 
 
 def _sum_tasks(split: Split, count: int = 20) -> list[Task]:

@@ -46,6 +46,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self.transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -84,11 +88,14 @@ class StubServer:
 
     Attributes:
         requests: how many chat requests were served.
+        connections: the open client connections (closed when the server stops, as a process
+            that dies closes its sockets: clients see the connection drop, not a hang).
     """
 
     def __init__(self, responder: Responder, port: int = 0):
         self.responder, self.port = responder, port
         self.requests = 0
+        self.connections: set[asyncio.BaseTransport] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -120,8 +127,13 @@ class StubServer:
                                           backlog=4096)
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
-        async with server:
-            await server.serve_forever()
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            for transport in list(self.connections):
+                transport.close()
+            await asyncio.sleep(0)  # let the loop run the closes before it stops
 
     def __enter__(self) -> StubServer:
         self._loop = asyncio.new_event_loop()
