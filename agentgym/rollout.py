@@ -15,6 +15,10 @@ A prompt that outgrows the policy's context window (:class:`~agentgym.errors.Con
 is a budget running out, not a failure: the episode ends as truncated and is scored on what
 happened.
 
+A policy server that its supervisor restarts mid-turn is waited for by the client; that wait is
+left out of the turn's deadline (:data:`~agentgym.policies.vllm_server.restart_wait_hook`), not
+out of the episode's.
+
 Group rewards (e.g. relative judging) run once a group is complete, through
 :meth:`~agentgym.rewards.Rubric.score_group`.
 
@@ -44,6 +48,7 @@ from agentgym.errors import (
     RewardError,
     WorkerLostError,
 )
+from agentgym.policies.vllm_server import restart_wait_hook
 from agentgym.policy import Policy, SamplingParams
 from agentgym.trajectory_io import TrajectoryWriter
 from agentgym.types import Task, Trajectory
@@ -121,6 +126,24 @@ class RemoteEpisodes(Protocol):
     async def aclose(self) -> None:
         """Release the workers."""
         ...
+
+
+class _Pausable:
+    """A turn's deadline that stops while its request waits for a supervised policy server to
+    restart, and resumes with the time it had left (the episode deadline keeps running)."""
+
+    def __init__(self, deadline: asyncio.Timeout):
+        self.deadline = deadline
+        self.left: float | None = None
+
+    def __call__(self, waiting: bool) -> None:
+        now, when = asyncio.get_running_loop().time(), self.deadline.when()
+        if waiting and self.left is None and when is not None and not self.deadline.expired():
+            self.left = when - now
+            self.deadline.reschedule(None)
+        elif not waiting and self.left is not None:
+            self.deadline.reschedule(now + self.left)
+            self.left = None
 
 
 class RolloutEngine:
@@ -273,9 +296,13 @@ class RolloutEngine:
         prefix: dict[str, tuple[int, ...]] = {}
         while True:
             try:
-                async with asyncio.timeout(self.config.turn_timeout_s):
-                    completions = await self.policy.generate(obs, info["tools"], sampling,
-                                                             **prefix)
+                async with asyncio.timeout(self.config.turn_timeout_s) as turn:
+                    waits = restart_wait_hook.set(_Pausable(turn))
+                    try:
+                        completions = await self.policy.generate(obs, info["tools"], sampling,
+                                                                 **prefix)
+                    finally:
+                        restart_wait_hook.reset(waits)
             except TimeoutError as exc:
                 if isinstance(exc, AgentGymError):
                     raise

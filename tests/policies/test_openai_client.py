@@ -26,6 +26,8 @@ from agentgym.policies.openai_client import OpenAIPolicy
 from agentgym.policies.vllm_server import free_port, state_file, wait_until_serving
 from agentgym.policies.weight_sync import FullWeightSync, LoRASync
 from agentgym.policy import SamplingParams
+from agentgym.rollout import RolloutConfig, RolloutEngine
+from agentgym.testing import ToyEnv
 
 CHAT = [{"role": "user", "content": "Add 2 and 3."}]
 
@@ -283,6 +285,34 @@ async def test_a_restarting_supervised_server_is_waited_for(
         assert not await wait_until_serving(base_url, 10)
     finally:
         await client.aclose()
+
+
+async def test_a_restart_wait_is_left_out_of_the_rollout_turn_deadline(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A turn that waits 3 s for a restarting server finishes under a 2 s turn deadline."""
+    monkeypatch.setenv("AGENTGYM_CACHE", str(tmp_path))
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    path = state_file(base_url)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"state": "starting", "supervisor_pid": os.getpid()}))
+    client = OpenAIPolicy(base_url, "m", max_retries=0, vllm_extras=False)
+    engine = RolloutEngine(lambda: ToyEnv(split="eval"), client,
+                           RolloutConfig(turn_timeout_s=2.0, episode_timeout_s=60))
+    episode = asyncio.ensure_future(engine.run_episode({"task_index": 0}))
+    await asyncio.sleep(3.0)
+    httpd = _Server(("127.0.0.1", port), make_handler(FakeOpenAI()))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    path.write_text(json.dumps({"state": "ready", "supervisor_pid": os.getpid()}))
+    try:
+        trajectory = await asyncio.wait_for(episode, 30)
+    finally:
+        await engine.aclose()
+        await client.aclose()
+        httpd.shutdown()
+        httpd.server_close()
+    assert trajectory.error is None, trajectory.error
+    assert trajectory.terminated and trajectory.turns[0].assistant["content"] == "answer 0"
 
 
 async def test_non_json_answer_is_a_policy_error(server: tuple[str, FakeOpenAI]) -> None:
