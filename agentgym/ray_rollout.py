@@ -61,6 +61,9 @@ class RaySettings:
             cluster (``ray.init()``). Ignored when Ray is already initialised in this process.
         num_workers: env worker actors.
         num_cpus_per_worker: CPUs Ray reserves per worker (I/O-bound envs need little).
+        episodes_per_worker: episodes one worker plays at once (its env instances: e.g. the
+            sandboxes its node can hold); None: up to the config's ``max_concurrent``. The
+            driver still bounds the total by ``max_concurrent``.
         grace_s: how long past the episode deadline the driver waits for a worker's answer
             before it counts the worker as lost.
     """
@@ -68,11 +71,14 @@ class RaySettings:
     address: str | None = None
     num_workers: int = 2
     num_cpus_per_worker: float = 1.0
+    episodes_per_worker: int | None = None
     grace_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1 or self.num_cpus_per_worker < 0 or self.grace_s < 0:
-            raise ValueError("num_workers >= 1, num_cpus_per_worker >= 0, grace_s >= 0")
+        if self.num_workers < 1 or self.num_cpus_per_worker < 0 or self.grace_s < 0 \
+                or (self.episodes_per_worker is not None and self.episodes_per_worker < 1):
+            raise ValueError("num_workers >= 1, num_cpus_per_worker >= 0, grace_s >= 0 and "
+                             "episodes_per_worker >= 1 (or None) required")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RaySettings:
@@ -231,7 +237,8 @@ class RayEpisodes:
         connect(settings)
         self.settings = settings
         actor = ray.remote(EnvWorker).options(
-            num_cpus=settings.num_cpus_per_worker, max_concurrency=config.max_concurrent,
+            num_cpus=settings.num_cpus_per_worker,
+            max_concurrency=settings.episodes_per_worker or config.max_concurrent,
             max_restarts=0)
         self.workers = [actor.remote(make_env, policy, config)
                         for _ in range(settings.num_workers)]
