@@ -16,10 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from agentgym.errors import PolicyConnectionError, PolicyError, PolicyHTTPError
-from agentgym.policies.vllm_server import wait_until_serving
 from agentgym.policy import Policy
 
 __all__ = ["given_policy", "open_policy", "preflight"]
@@ -27,13 +24,16 @@ __all__ = ["given_policy", "open_policy", "preflight"]
 logger = logging.getLogger(__name__)
 
 
-async def _get_models(url: str, headers: dict[str, str], timeout_s: float) -> Any:
-    """``GET url``: the response, or the transport error that prevented one."""
+async def _get_models(url: str, headers: dict[str, str],
+                      timeout_s: float) -> tuple[Any, str | None]:
+    """``GET url``: ``(response, None)``, or ``(None, why nothing answered)``."""
+    import httpx  # heavy (its CLI module pulls in rich): importing eval stays light
+
     async with httpx.AsyncClient(timeout=timeout_s) as client:
         try:
-            return await client.get(url, headers=headers)
+            return await client.get(url, headers=headers), None
         except httpx.TransportError as exc:
-            return exc
+            return None, f"{type(exc).__name__}: {exc or 'no answer'}"
 
 
 async def preflight(base_url: str, model: str, api_key: str | None = None,
@@ -47,14 +47,15 @@ async def preflight(base_url: str, model: str, api_key: str | None = None,
         PolicyConnectionError: nothing answers at ``base_url``.
         PolicyHTTPError: the credentials are refused (401/403) or the server errors.
     """
+    from agentgym.policies.vllm_server import wait_until_serving  # imports httpx
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = base_url.rstrip("/") + "/models"
-    response = await _get_models(url, headers, timeout_s)
-    if isinstance(response, httpx.TransportError) and await wait_until_serving(base_url, wait_s):
-        response = await _get_models(url, headers, timeout_s)
-    if isinstance(response, httpx.TransportError):
-        reason = f"{type(response).__name__}: {response or 'no answer'}"
-        raise PolicyConnectionError(f"cannot reach the endpoint {base_url} ({reason}); "
+    response, failure = await _get_models(url, headers, timeout_s)
+    if failure and await wait_until_serving(base_url, wait_s):
+        response, failure = await _get_models(url, headers, timeout_s)
+    if failure:
+        raise PolicyConnectionError(f"cannot reach the endpoint {base_url} ({failure}); "
                                     "is the server running?")
     status = response.status_code
     if status in (401, 403):
