@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from agentgym.errors import PolicyError
+from agentgym.policies.hf_engine import HFEngine
+from agentgym.policies.model_prep import prepare_model, resolve_model
 
 __all__ = ["ENGINES", "main", "make_policy", "prepare", "serve"]
 
@@ -25,8 +27,6 @@ ENGINES = ("hf", "vllm")
 
 def prepare(source: str | None = None, out: str | None = None, force: bool = False) -> Path:
     """``agentgym model prepare``: GGUF/HF folder -> cached safetensors + tool-aware template."""
-    from agentgym.policies.model_prep import prepare_model
-
     return prepare_model(source, out, force)
 
 
@@ -68,7 +68,6 @@ def serve(engine: str = "vllm", model: str | None = None, host: str = "127.0.0.1
     if engine == "hf":
         raise PolicyError("the embedded engine runs inside the trainer or eval process "
                           "(--engine hf there); it has no server to start")
-    from agentgym.policies.model_prep import resolve_model
 
     asyncio.run(_serve_vllm(resolve_model(model), host, port, served_model_name,
                             tuple(extra_args)))
@@ -82,8 +81,6 @@ def make_policy(engine: str = "hf", model: str | None = None, *, base_url: str |
     without one, start a server first with :func:`serve` or :class:`VLLMServer`.
     """
     if engine == "hf":
-        from agentgym.policies.hf_engine import HFEngine
-
         return HFEngine.from_pretrained(model, **kwargs)
     if engine == "vllm":
         if base_url is None:
