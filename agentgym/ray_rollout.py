@@ -127,14 +127,14 @@ class PolicySpec:
         """The spec of an HTTP policy (:class:`OpenAIPolicy` or :class:`ReplicaRouter`).
 
         Raises:
-            TypeError: ``policy`` lives in this process (the embedded engine, a fake): it cannot
+            ValueError: ``policy`` lives in this process (the embedded engine, a fake): it cannot
                 be rebuilt in a worker.
         """
         if isinstance(policy, ReplicaRouter):
             specs = [cls.of(replica) for replica in policy.replicas]
             return dataclasses.replace(specs[0], base_urls=tuple(s.base_urls[0] for s in specs))
         if not isinstance(policy, OpenAIPolicy):
-            raise TypeError(
+            raise ValueError(
                 f"{type(policy).__name__} runs inside this process and cannot be sent to Ray env "
                 "workers; serve the model over HTTP (`agentgym serve`, vLLM or any "
                 "OpenAI-compatible endpoint) and pass its base URL")
@@ -316,7 +316,7 @@ def ray_rollout_engine(make_env: Callable[[], AgentEnv], policy: Policy | Policy
 
     Args:
         make_env: builds one env (called on the workers, and once here for tasks and scoring).
-        policy: an HTTP policy (or its spec); the embedded engine raises TypeError.
+        policy: an HTTP policy (or its spec); the embedded engine raises ValueError.
         config, writer: as for :class:`~agentgym.rollout.RolloutEngine`.
         settings: the cluster and worker count.
     """

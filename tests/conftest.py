@@ -1,4 +1,4 @@
-"""Suite-wide set-up: the Docker gate (see gates.py), and one torch thread.
+"""Suite-wide set-up: the Docker gate (see gates.py), one torch thread, a shared Ray cluster.
 
 torch's OpenMP threads spin while they wait: on a 2-core machine that also runs a vLLM server or
 the Docker engine, two threads made small-model steps 10-100x slower than one, and the thread
@@ -23,6 +23,18 @@ def _one_torch_thread() -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A real local Ray cluster with this machine's CPUs, started once for the whole session
+    (ask for it from a module gated with ``require_module("ray", ...)``)."""
+    import ray
+
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level="WARNING",
+             log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

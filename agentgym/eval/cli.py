@@ -128,9 +128,15 @@ def eval_command(
         help="ask a vLLM endpoint for token ids (exact token counts)")] = False,
     turn_timeout: Annotated[float, typer.Option(help="seconds per policy call")] = 120.0,
     episode_timeout: Annotated[float, typer.Option(help="seconds per rollout")] = 900.0,
+    ray_workers: Annotated[int, typer.Option(
+        help="play rollouts on this many Ray env workers (0: in this process)")] = 0,
+    ray_address: Annotated[str | None, typer.Option(
+        help="the Ray cluster for --ray-workers: auto, ray://HOST:10001 or HOST:6379 "
+             "(default: a private local cluster)")] = None,
 ) -> None:
     """Evaluate a model on an environment: N tasks x K rollouts, results on disk, a summary."""
     from agentgym.eval.evaluation import evaluate
+    from agentgym.ray_rollout import RaySettings
 
     api_key = None
     if api_key_env:
@@ -145,7 +151,8 @@ def eval_command(
             rollouts_per_example=rollouts_per_example, max_concurrent=max_concurrent,
             split=split, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
             seed=seed, pass_threshold=pass_threshold, turn_timeout_s=turn_timeout,
-            episode_timeout_s=episode_timeout)
+            episode_timeout_s=episode_timeout,
+            ray=RaySettings(ray_address, ray_workers) if ray_workers else None)
     except (AgentGymError, ValueError, FileNotFoundError, ImportError) as exc:
         bar.stop()
         raise _fail(exc) from None

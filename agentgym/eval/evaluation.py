@@ -13,7 +13,9 @@ once instead of producing a run full of failed rollouts.
 The tasks are the first ``num_examples`` of the split, in the env's order, so two models
 evaluated with the same settings see the same tasks. Rollouts run through
 :class:`~agentgym.rollout.RolloutEngine` (groups of K, bounded concurrency, deadlines, error
-isolation). A rollout that fails for a reason outside the model is written as a row with its
+isolation); with ``ray=RaySettings(...)`` they run on env workers of a Ray cluster
+(:mod:`agentgym.ray_rollout`; the policy must then be an HTTP endpoint the workers can reach).
+A rollout that fails for a reason outside the model is written as a row with its
 error class and no reward: counted, never scored 0, never fatal. Only failures that would spoil
 every rollout stop the run: HTTP 401/403 (credentials) and 404 (no such model or route).
 
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import platform
 import subprocess
@@ -35,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentgym import __version__
 from agentgym.errors import PolicyHTTPError
@@ -56,6 +59,9 @@ from agentgym.registry import env_class, make, spec
 from agentgym.rollout import Group, RolloutConfig, RolloutEngine
 from agentgym.trajectory_io import TrajectoryWriter
 from agentgym.types import Trajectory
+
+if TYPE_CHECKING:
+    from agentgym.ray_rollout import RaySettings
 
 __all__ = ["COMPARABLE_SETTINGS", "EvalProgress", "EvalResult", "EvalSettings", "evaluate",
            "select_tasks"]
@@ -90,6 +96,7 @@ class EvalSettings:
         max_concurrent: rollouts in flight at once.
         turn_timeout_s: deadline of one policy call (None: none).
         episode_timeout_s: deadline of one rollout (None: none).
+        ray: play rollouts on env workers of a Ray cluster (None: in this process).
     """
 
     split: str = "eval"
@@ -104,6 +111,7 @@ class EvalSettings:
     max_concurrent: int = 8
     turn_timeout_s: float | None = 120.0
     episode_timeout_s: float | None = 900.0
+    ray: RaySettings | None = None
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "eval"):
@@ -246,8 +254,13 @@ async def _play(env_id: str, settings: EvalSettings, policy: Policy, task_ids: S
         group_size=settings.rollouts_per_example, max_concurrent=settings.max_concurrent,
         turn_timeout_s=settings.turn_timeout_s, episode_timeout_s=settings.episode_timeout_s,
         sampling=settings.sampling(), on_infra_error="drop")
-    engine = _TimedEngine(lambda: make(env_id, split=settings.split, **dict(settings.env_kwargs)),
-                          policy, config)
+    make_env = functools.partial(make, env_id, split=settings.split, **dict(settings.env_kwargs))
+    remote = None
+    if settings.ray is not None:  # httpx and ray: imported only with the switch on
+        from agentgym.ray_rollout import PolicySpec, RayEpisodes
+
+        remote = RayEpisodes(make_env, PolicySpec.of(policy), config, settings.ray)
+    engine = _TimedEngine(make_env, policy, config, remote=remote)
     trajectories = TrajectoryWriter(run_dir / "trajectories.jsonl")
     results = ResultsWriter(run_dir / "results.jsonl")
     failure: list[BaseException] = []

@@ -1,4 +1,4 @@
-"""Rollouts on a real local Ray cluster (one cluster for the whole module).
+"""Rollouts on a real local Ray cluster (``ray_cluster``: one for the whole test session).
 
 The policy is a real OpenAI-compatible server (StubServer, deterministic answers) that the Ray
 workers reach over 127.0.0.1; the env is ToyEnv with an I/O-bound ``add`` tool.
@@ -31,14 +31,6 @@ WORKERS = RaySettings(num_workers=2, num_cpus_per_worker=0.5)
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[None]:
-    """A local Ray cluster with this machine's CPUs, started once for the module."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def server() -> Iterator[StubServer]:
     with StubServer(ToySolver(calls=2)) as stub:
         yield stub
@@ -54,7 +46,7 @@ def _summary(groups: list[Group]) -> list[tuple[str, list[list[dict[str, object]
             for g in groups]
 
 
-async def test_ray_rollouts_equal_local_rollouts(cluster: None, server: StubServer):
+async def test_ray_rollouts_equal_local_rollouts(ray_cluster: None, server: StubServer):
     config = RolloutConfig(group_size=2, max_concurrent=8)
     policy = OpenAIPolicy(server.base_url, "stub", vllm_extras=False)
     local = RolloutEngine(make_env(), policy, config)
@@ -72,7 +64,7 @@ async def test_ray_rollouts_equal_local_rollouts(cluster: None, server: StubServ
 
 
 async def test_a_worker_killed_mid_step_turns_its_episodes_into_resampled_infra_errors(
-        cluster: None, server: StubServer):
+        ray_cluster: None, server: StubServer):
     config = RolloutConfig(group_size=2, max_concurrent=12, on_infra_error="resample")
     spec = PolicySpec((server.base_url,), "stub", vllm_extras=False)
     engine = ray_rollout_engine(make_env(tool_delay_s=0.3), spec, config, WORKERS)
@@ -96,7 +88,7 @@ async def test_a_worker_killed_mid_step_turns_its_episodes_into_resampled_infra_
 
 
 async def test_with_every_worker_dead_episodes_fail_at_once_and_groups_drop(
-        cluster: None, server: StubServer):
+        ray_cluster: None, server: StubServer):
     config = RolloutConfig(group_size=2, max_concurrent=4, on_infra_error="resample",
                            max_resamples=1)
     spec = PolicySpec((server.base_url,), "stub", vllm_extras=False)
@@ -115,8 +107,8 @@ async def test_with_every_worker_dead_episodes_fail_at_once_and_groups_drop(
     assert all(t.reward is None for g in groups for t in g.trajectories)  # never scored 0
 
 
-async def test_in_process_policies_cannot_go_to_workers(cluster: None):
-    with pytest.raises(TypeError, match="cannot be sent to Ray env workers"):
+async def test_in_process_policies_cannot_go_to_workers(ray_cluster: None):
+    with pytest.raises(ValueError, match="cannot be sent to Ray env workers"):
         ray_rollout_engine(make_env(), FakePolicy(["hi"]), RolloutConfig(), WORKERS)
 
 
