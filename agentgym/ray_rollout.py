@@ -12,6 +12,9 @@ Policies reach workers as a :class:`PolicySpec` (base URLs, model, client settin
 each worker builds its own :class:`~agentgym.policies.openai_client.OpenAIPolicy` (one URL) or
 :class:`~agentgym.policies.router.ReplicaRouter` (several). The embedded engine lives in the
 driver's memory and cannot go to workers: serve it (``agentgym serve``) and pass its URL.
+A weight sync switches the driver's client to a new model name (LoRA ``policy-v3``); every
+episode carries the driver client's model name and weight version, and a worker switches its
+own client before playing, so workers follow syncs without a broadcast that could be lost.
 
 Faults are data. A worker that dies (node lost, OOM, ``ray.kill``) fails the episodes it was
 playing with :class:`~agentgym.errors.WorkerLostError`; the engine records them as infra errors
@@ -33,7 +36,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from agentgym.env import AgentEnv
 from agentgym.errors import WorkerLostError
@@ -172,8 +175,12 @@ class EnvWorker:
         self._make_env, self._spec, self._config = make_env, policy, config
         self._engine: RolloutEngine | None = None
 
-    async def play(self, options: dict[str, Any], sampling: SamplingParams) -> Trajectory:
-        """Play one episode with exactly ``sampling``."""
+    async def play(self, options: dict[str, Any], sampling: SamplingParams,
+                   model: tuple[str, str | int | None] | None = None) -> Trajectory:
+        """Play one episode with exactly ``sampling`` (and ``model``: name and weight version,
+        when the driver's client has switched to another)."""
+        if model is not None and model != (self._spec.model, self._spec.weight_version):
+            await self.set_model(*model)
         if self._engine is None:  # built in the actor's event loop
             self._engine = RolloutEngine(self._make_env, self._spec.build(), self._config)
         return await self._engine.play_here(options, sampling)
@@ -224,6 +231,8 @@ class RayEpisodes:
         config: the rollout config (deadlines, and ``max_concurrent``: episodes in flight on
             all workers together, enforced by the driver's engine).
         settings: the cluster and worker count.
+        follow: the driver's client that weight syncs switch (``set_model``); workers play
+            each episode with its current model name and weight version.
 
     Attributes:
         workers: the actor handles (dead ones included).
@@ -232,10 +241,11 @@ class RayEpisodes:
     """
 
     def __init__(self, make_env: Callable[[], AgentEnv], policy: PolicySpec,
-                 config: RolloutConfig, settings: RaySettings):
+                 config: RolloutConfig, settings: RaySettings,
+                 follow: OpenAIPolicy | ReplicaRouter | None = None):
         ray = _ray()
         connect(settings)
-        self.settings = settings
+        self.settings, self.follow = settings, follow
         actor = ray.remote(EnvWorker).options(
             num_cpus=settings.num_cpus_per_worker,
             max_concurrency=settings.episodes_per_worker or config.max_concurrent,
@@ -258,7 +268,8 @@ class RayEpisodes:
         """
         index = self._pick()
         self.in_flight[index] += 1
-        ref = self.workers[index].play.remote(options, sampling)
+        model = None if self.follow is None else (self.follow.model, self.follow.weight_version)
+        ref = self.workers[index].play.remote(options, sampling, model)
         try:
             async with asyncio.timeout(self._answer_timeout_s):
                 return await ref
@@ -320,8 +331,11 @@ def ray_rollout_engine(make_env: Callable[[], AgentEnv], policy: Policy | Policy
         config, writer: as for :class:`~agentgym.rollout.RolloutEngine`.
         settings: the cluster and worker count.
     """
-    spec = policy if isinstance(policy, PolicySpec) else PolicySpec.of(policy)
-    driver_policy = policy if not isinstance(policy, PolicySpec) else spec.build()
-    remote = RayEpisodes(make_env, spec, config, settings)
+    if isinstance(policy, PolicySpec):
+        spec, driver_policy = policy, policy.build()
+    else:
+        spec = PolicySpec.of(policy)  # raises for in-process policies
+        driver_policy = cast(OpenAIPolicy | ReplicaRouter, policy)
+    remote = RayEpisodes(make_env, spec, config, settings, follow=driver_policy)
     return RolloutEngine(make_env, driver_policy, config, writer, remote=remote)
 

@@ -87,6 +87,11 @@ class ReplicaRouter:
         return self.replicas[0].model
 
     @property
+    def weight_version(self) -> str | int | None:
+        """The weight version recorded on completions."""
+        return self.replicas[0].weight_version
+
+    @property
     def accepts_prefix_ids(self) -> bool:
         """Token continuation, when every replica offers it."""
         return all(r.accepts_prefix_ids for r in self.replicas)

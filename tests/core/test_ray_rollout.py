@@ -107,6 +107,22 @@ async def test_with_every_worker_dead_episodes_fail_at_once_and_groups_drop(
     assert all(t.reward is None for g in groups for t in g.trajectories)  # never scored 0
 
 
+async def test_workers_follow_the_driver_clients_weight_syncs(ray_cluster: None,
+                                                             server: StubServer):
+    policy = OpenAIPolicy(server.base_url, "stub", vllm_extras=False, weight_version=1)
+    engine = ray_rollout_engine(make_env(), policy, RolloutConfig(group_size=2), WORKERS)
+    task = engine.tasks[0].id
+    before = await engine.run_groups([task])
+    policy.set_model("stub-lora-2", 2)  # what LoRASync does after loading an adapter
+    after = await engine.run_groups([task])
+    await engine.aclose()
+    await policy.aclose()
+
+    def versions(groups: list[Group]) -> set[object]:
+        return {turn.weight_version for g in groups for t in g.trajectories for turn in t.turns}
+    assert versions(before) == {1} and versions(after) == {2}
+
+
 async def test_in_process_policies_cannot_go_to_workers(ray_cluster: None):
     with pytest.raises(ValueError, match="cannot be sent to Ray env workers"):
         ray_rollout_engine(make_env(), FakePolicy(["hi"]), RolloutConfig(), WORKERS)
