@@ -153,6 +153,11 @@ class TrainerConfig:
     """Training steps of the run (rollouts -> update -> sync)."""
     max_concurrent: int = 64
     """Episodes in flight during rollouts."""
+    ray: dict[str, Any] | None = None
+    """Rollouts on Ray env workers (:class:`~agentgym.ray_rollout.RaySettings`):
+    ``{address: auto | ray://HOST:10001 | null (a private local cluster), num_workers: N, ...}``.
+    Needs an HTTP policy (engine ``"vllm"``); episodes lost with a dead worker are played again
+    on the others (``resampled`` in the metrics). None: rollouts here, and Ray is never imported."""
     seed: int = 0
     """Seeds weights (LoRA init, heads), task sampling, sampling and batch order."""
     output_dir: str = "runs/train"
@@ -235,6 +240,13 @@ def step_sampling(config: TrainerConfig, step: int) -> SamplingParams:
 def make_rollout_engine(config: TrainerConfig, policy: Policy, group_size: int) -> RolloutEngine:
     """One rollout engine for the whole run: its envs (tasks loaded, servers started) are
     pooled across steps; each step only sets its sampling (:func:`step_sampling`)."""
+    if config.ray is not None:  # Ray only with the switch on
+        from agentgym.ray_rollout import RaySettings, ray_rollout_engine
+
+        return ray_rollout_engine(
+            make_env_factory(config.env_id, config.env_kwargs), policy,
+            RolloutConfig(group_size=group_size, max_concurrent=config.max_concurrent,
+                          on_infra_error="resample"), RaySettings.from_dict(config.ray))
     return RolloutEngine(make_env_factory(config.env_id, config.env_kwargs), policy,
                          RolloutConfig(group_size=group_size,
                                        max_concurrent=config.max_concurrent))
@@ -342,11 +354,14 @@ class TrainingSession(Generic[ConfigT]):
     """Ids of the train split's tasks, in the env's order."""
     world: World = SINGLE
     """The training processes (several under torchrun; see distributed.py)."""
+    resampled_before: int = 0
+    """The engine's resample count when this step's rollouts began (metrics: ``resampled``)."""
 
     async def rollouts(self, step: int, task_ids: list[str]) -> list[Group]:
         """Play this rank's share of the groups of ``task_ids`` (all of them in one process)
         with step ``step``'s sampling seed; :meth:`log_step` gathers the shares."""
         self.engine.set_sampling(step_sampling(self.config, step))
+        self.resampled_before = self.engine.resampled
         return await self.engine.run_groups(self.world.shard(task_ids))
 
     async def compute(self, fn: Callable[..., T], *args: Any) -> T:
@@ -366,7 +381,8 @@ class TrainingSession(Generic[ConfigT]):
         summed over ranks (``stats`` come already reduced), and rank 0 writes the row."""
         groups = self.world.gather(groups)
         counts = self.world.sum({**counts, "policy_tokens": int(batch.mask.sum())
-                                 if batch is not None else 0})
+                                 if batch is not None else 0,
+                                 "resampled": self.engine.resampled - self.resampled_before})
         row = {"step": step, **step_metrics(groups, stats, timings, counts),
                "learning_rate": self.scheduler.get_last_lr()[0],
                **peak_memory(module_device(self.model))}
