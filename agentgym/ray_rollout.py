@@ -21,6 +21,9 @@ playing with :class:`~agentgym.errors.WorkerLostError`; the engine records them 
 and, with ``on_infra_error="resample"``, plays them again on the workers that are left. A worker
 that stops answering gets the same treatment once the episode deadline (plus a grace period)
 passes, so nothing waits forever. When no worker is left, every episode fails at once.
+The Docker sandboxes a dead worker held (its containers carry its pid, see
+:func:`~agentgym.sandbox.docker_backend.owner_labels`) are removed by a task on its node
+(:func:`reap_sandboxes`) once the process is gone; :meth:`RayEpisodes.aclose` waits for those.
 
 Ray is imported only here, inside functions: without this switch nothing imports it.
 
@@ -32,9 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -47,7 +52,8 @@ from agentgym.rollout import RolloutConfig, RolloutEngine
 from agentgym.trajectory_io import TrajectoryWriter
 from agentgym.types import Trajectory
 
-__all__ = ["EnvWorker", "PolicySpec", "RayEpisodes", "RaySettings", "ray_rollout_engine"]
+__all__ = ["EnvWorker", "PolicySpec", "RayEpisodes", "RaySettings", "ray_rollout_engine",
+           "reap_sandboxes"]
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +208,37 @@ class EnvWorker:
         """The worker's process id (tests)."""
         return os.getpid()
 
+    async def where(self) -> tuple[str, dict[str, str] | None]:
+        """(Ray node id, the owner labels of the sandbox containers this process starts, or
+        None when the Docker SDK is not installed here)."""
+        node = _ray().get_runtime_context().get_node_id()
+        if importlib.util.find_spec("docker") is None:
+            return node, None
+        from agentgym.sandbox.docker_backend import owner_labels  # docker: optional
+
+        return node, owner_labels()
+
+
+def reap_sandboxes(owner: Mapping[str, str], wait_s: float = 30.0) -> int:
+    """Remove the sandbox containers of a dead process (run it on that process's node).
+
+    Waits up to ``wait_s`` for the process to be gone first (``ray.kill`` is asynchronous), so
+    it cannot start another container afterwards.
+
+    Returns:
+        How many containers were removed.
+    """
+    from agentgym.sandbox.docker_backend import DockerBackend, owner_alive  # docker: optional
+
+    deadline = time.monotonic() + wait_s
+    while owner_alive(owner) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    backend = DockerBackend()
+    try:
+        return backend.remove_labeled(owner)
+    finally:
+        backend.client.close()
+
 
 def _ray() -> Any:
     """The ray module, or an error saying how to install it."""
@@ -238,6 +275,7 @@ class RayEpisodes:
         workers: the actor handles (dead ones included).
         dead: indices of the workers found dead.
         lost_episodes: episodes that failed because their worker died.
+        reaped_sandboxes: containers of dead workers removed (final after :meth:`aclose`).
     """
 
     def __init__(self, make_env: Callable[[], AgentEnv], policy: PolicySpec,
@@ -255,6 +293,9 @@ class RayEpisodes:
         self.in_flight = [0] * settings.num_workers
         self.dead: set[int] = set()
         self.lost_episodes = 0
+        self.reaped_sandboxes = 0
+        self._where = [worker.where.remote() for worker in self.workers]
+        self._reaping: list[asyncio.Task[int]] = []
         episode = config.episode_timeout_s
         self._answer_timeout_s = None if episode is None else episode + settings.grace_s
         self._lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
@@ -276,8 +317,8 @@ class RayEpisodes:
         except self._lost as exc:
             first_line = (str(exc).splitlines() or [""])[0]
             raise self._lose(index, f"died: {type(exc).__name__}: {first_line}") from None
-        except TimeoutError:
-            _ray().cancel(ref)
+        except TimeoutError:  # a silent worker is ended, so its sandboxes can be reaped
+            _ray().kill(self.workers[index], no_restart=True)
             raise self._lose(index, f"no answer within {self._answer_timeout_s}s") from None
         finally:
             self.in_flight[index] -= 1
@@ -296,7 +337,8 @@ class RayEpisodes:
         return list(await asyncio.gather(*(self.workers[i].pid.remote() for i in self.live())))
 
     async def aclose(self) -> None:
-        """Close the live workers' envs and clients, then end every worker actor."""
+        """Close the live workers' envs and clients, end every worker actor, and wait for the
+        sandboxes of dead workers to be reaped."""
         ray = _ray()
         live = self.live()
         await asyncio.gather(*(self.workers[i].aclose.remote() for i in live),
@@ -304,6 +346,13 @@ class RayEpisodes:
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
         self.dead = set(range(len(self.workers)))
+        for reaped in await asyncio.gather(*self._reaping, return_exceptions=True):
+            if isinstance(reaped, BaseException):
+                logger.warning("could not reap a dead worker's sandboxes: %r (the next sandbox "
+                               "pool on its node sweeps them)", reaped)
+            else:
+                self.reaped_sandboxes += reaped
+        self._reaping.clear()
 
     def _pick(self) -> int:
         live = self.live()
@@ -316,8 +365,29 @@ class RayEpisodes:
             logger.warning("Ray env worker %d %s; taken out (%d left)", index, why,
                            len(self.workers) - len(self.dead) - 1)
             self.dead.add(index)
+            self._reaping.append(asyncio.get_running_loop().create_task(self._reap(index)))
         self.lost_episodes += 1
         return WorkerLostError(f"Ray env worker {index} {why}")
+
+    async def _reap(self, index: int) -> int:
+        return await _reap_on_node(self._where[index], self._lost)
+
+
+async def _reap_on_node(where: Any, lost: tuple[type[BaseException], ...]) -> int:
+    """Reap the sandboxes of the dead worker whose ``where()`` answer is ``where``."""
+    ray = _ray()
+    try:
+        node, owner = await where
+    except lost:  # it died before saying where it was: it never started a sandbox
+        return 0
+    if owner is None:
+        return 0
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(reap_sandboxes).options(
+        num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+    async with asyncio.timeout(120):
+        return await task.remote(owner)
 
 
 def ray_rollout_engine(make_env: Callable[[], AgentEnv], policy: Policy | PolicySpec,

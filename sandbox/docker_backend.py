@@ -48,7 +48,8 @@ from .config import SandboxConfig
 from .image import default_image
 from .protocol import ChannelBroken, RunnerChannel
 
-__all__ = ["DockerBackend", "DockerSandbox", "LABEL", "docker_client", "owner_labels"]
+__all__ = ["DockerBackend", "DockerSandbox", "LABEL", "docker_client", "owner_alive",
+           "owner_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def owner_labels() -> dict[str, str]:
     }
 
 
-def _owner_alive(labels: Mapping[str, str]) -> bool:
+def owner_alive(labels: Mapping[str, str]) -> bool:
     """True unless the labels name a process on this host that no longer exists."""
     if labels.get("agentgym.host") != socket.gethostname():
         return True  # another machine's container on a shared engine: not ours to judge
@@ -237,7 +238,7 @@ class DockerBackend(SandboxBackend):
         container whose owning process is gone. Blocking."""
         filters = [f"{k}={v}" for k, v in (labels or {}).items()] + [f"{LABEL}=1"]
         containers = self.client.api.containers(all=True, filters={"label": filters})
-        stale = [c["Id"] for c in containers if labels or not _owner_alive(c.get("Labels") or {})]
+        stale = [c["Id"] for c in containers if labels or not owner_alive(c.get("Labels") or {})]
         for cid in stale:
             self.remove(cid)
         if stale:
