@@ -3,6 +3,8 @@
 * :class:`HFEngine` (``--engine hf``): transformers in-process, concurrent requests batched into
   one ``generate``; shares its module with the trainer (weight sync = version bump).
 * :class:`OpenAIPolicy`: httpx client for vLLM or any OpenAI-compatible endpoint.
+* :class:`ReplicaRouter`: several servers of one model behind one policy (least-loaded, sticky
+  per episode, failover when a replica dies).
 * :class:`VLLMServer` (``--engine vllm``): a supervised vLLM subprocess with tool parsing,
   token ids and runtime LoRA updates enabled.
 * :class:`LoRASync`, :class:`FullWeightSync`, :class:`SharedWeightSync`: weight sync with a
@@ -20,6 +22,7 @@ from agentgym.policies.drift import check_extends
 from agentgym.policies.hf_engine import HFEngine
 from agentgym.policies.model_prep import chat_template_path, default_model_path, prepare_model
 from agentgym.policies.openai_client import OpenAIPolicy
+from agentgym.policies.router import ReplicaRouter
 from agentgym.policies.serve import make_policy, serve
 from agentgym.policies.vllm_server import VLLMServer, VLLMServerConfig, vllm_available
 from agentgym.policies.weight_sync import (
@@ -34,6 +37,7 @@ __all__ = [
     "HFEngine",
     "LoRASync",
     "OpenAIPolicy",
+    "ReplicaRouter",
     "SharedWeightSync",
     "VLLMServer",
     "VLLMServerConfig",

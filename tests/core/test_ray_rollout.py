@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -132,3 +134,10 @@ def test_replica_specs_build_a_router():
     spec = PolicySpec(("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"), "m")
     router = spec.build()
     assert PolicySpec.of(router).base_urls == spec.base_urls
+
+
+def test_without_the_switch_nothing_imports_ray():
+    code = ("import sys, agentgym, agentgym.ray_rollout, agentgym.eval.evaluation, "
+            "agentgym.policies.router, agentgym.eval.cli; print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
