@@ -106,7 +106,9 @@ class _Bar:
 def eval_command(
     env_id: Annotated[str, typer.Argument(help="a registered env id, e.g. agentgym/Math-v0")],
     model: Annotated[str, typer.Option(help="served model name (or a local path with --engine)")],
-    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible API root, .../v1")] = None,
+    base_url: Annotated[str | None, typer.Option(
+        help="OpenAI-compatible API root, .../v1 (several, comma-separated: replicas of one "
+             "model, routed least-loaded and sticky per rollout)")] = None,
     api_key_env: Annotated[str | None, typer.Option(
         help="name of the environment variable that holds the API key")] = None,
     engine: Annotated[str | None, typer.Option(

@@ -84,7 +84,9 @@ async def open_policy(model: str, *, base_url: str | None = None, api_key: str |
 
     Args:
         model: the served model name, or a local folder / name for ``engine``.
-        base_url: an OpenAI-compatible API root (with no ``engine``).
+        base_url: an OpenAI-compatible API root (with no ``engine``); several, comma-separated,
+            are replicas of one model behind a
+            :class:`~agentgym.policies.router.ReplicaRouter`.
         api_key: bearer token for ``base_url``.
         engine: None for ``base_url``; ``"hf"`` (embedded, in-process) or ``"vllm"`` (a local
             server started for the run and stopped after it).
@@ -104,6 +106,7 @@ async def open_policy(model: str, *, base_url: str | None = None, api_key: str |
             await policy.aclose()
         return
     from agentgym.policies.openai_client import OpenAIPolicy
+    from agentgym.policies.router import ReplicaRouter
 
     if engine == "vllm":
         from agentgym.policies.model_prep import resolve_model
@@ -124,9 +127,16 @@ async def open_policy(model: str, *, base_url: str | None = None, api_key: str |
         raise PolicyError(f"unknown engine {engine!r}; choose hf or vllm (or give --base-url)")
     if not base_url:
         raise PolicyError("give --base-url URL (an OpenAI-compatible endpoint) or --engine hf|vllm")
-    await preflight(base_url, model, api_key)
-    policy = OpenAIPolicy(base_url, model, api_key=api_key, max_concurrency=max_concurrent,
-                          vllm_extras=token_ids)
+    urls = [url.strip() for url in base_url.split(",") if url.strip()]
+    for url in urls:
+        await preflight(url, model, api_key)
+    policy: OpenAIPolicy | ReplicaRouter
+    if len(urls) == 1:
+        policy = OpenAIPolicy(urls[0], model, api_key=api_key, max_concurrency=max_concurrent,
+                              vllm_extras=token_ids)
+    else:
+        policy = ReplicaRouter.from_urls(urls, model, api_key=api_key,
+                                         max_concurrency=max_concurrent, vllm_extras=token_ids)
     try:
         yield policy, base_url
     finally:

@@ -33,17 +33,22 @@ def _rows(out: Path) -> list[tuple[int, int, float | None, str | None]]:
 
 
 def test_eval_on_ray_workers_matches_a_local_run(ray_cluster: None, tmp_path: Path) -> None:
-    with StubServer(Oracle([ENV], N)) as server:
+    oracle = Oracle([ENV], N)
+    with StubServer(oracle) as server, StubServer(oracle) as replica:
         outs = {}
-        for name, extra in (("local", []), ("ray", ["--ray-workers", "2"])):
+        both = f"{server.base_url},{replica.base_url}"
+        for name, url, extra in (("local", server.base_url, []),
+                                 ("ray", server.base_url, ["--ray-workers", "2"]),
+                                 ("replicas", both, ["--ray-workers", "2"])):
             outs[name] = tmp_path / name
             result = runner.invoke(app, [
-                "eval", ENV, "--base-url", server.base_url, "--model", "oracle",
+                "eval", ENV, "--base-url", url, "--model", "oracle",
                 "--num-examples", str(N), "--rollouts-per-example", str(K),
                 "--max-concurrent", "4", "--out", str(outs[name]), *extra])
             assert result.exit_code == 0, result.output
-    local, remote = _rows(outs["local"]), _rows(outs["ray"])
-    assert remote == local
+    assert replica.requests > 0  # the workers' routers used both servers
+    local = _rows(outs["local"])
+    assert _rows(outs["ray"]) == local and _rows(outs["replicas"]) == local
     assert [r[2] == 1.0 for r in local] == \
         [expected_pass(i // K, i % K, "oracle") for i in range(N * K)]
     (metadata,) = outs["ray"].rglob("metadata.json")
