@@ -135,6 +135,9 @@ class PolicySpec:
     def of(cls, policy: Policy) -> PolicySpec:
         """The spec of an HTTP policy (:class:`OpenAIPolicy` or :class:`ReplicaRouter`).
 
+        The client's tokenizer stays here: workers send chats (``/chat/completions``), not
+        token continuations (``prefix_ids``).
+
         Raises:
             ValueError: ``policy`` lives in this process (the embedded engine, a fake): it cannot
                 be rebuilt in a worker.
@@ -147,14 +150,10 @@ class PolicySpec:
                 f"{type(policy).__name__} runs inside this process and cannot be sent to Ray env "
                 "workers; serve the model over HTTP (`agentgym serve`, vLLM or any "
                 "OpenAI-compatible endpoint) and pass its base URL")
-        auth = policy._client.headers.get("Authorization", "")  # noqa: SLF001 - our own client
-        return cls(base_urls=(policy.base_url,), model=policy.model,
-                   api_key=auth.removeprefix("Bearer ") or None,
+        return cls(base_urls=(policy.base_url,), model=policy.model, api_key=policy.api_key,
                    vllm_extras=policy.vllm_extras, raw_tool_text=policy.raw_tool_text,
-                   timeout=policy._client.timeout.read or 120.0,  # noqa: SLF001
-                   max_retries=policy.max_retries,
-                   max_concurrency=policy._semaphore._value,  # noqa: SLF001
-                   weight_version=policy.weight_version)
+                   timeout=policy.timeout, max_retries=policy.max_retries,
+                   max_concurrency=policy.max_concurrency, weight_version=policy.weight_version)
 
     def build(self) -> OpenAIPolicy | ReplicaRouter:
         """A fresh client (call it in the process that uses it)."""

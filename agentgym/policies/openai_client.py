@@ -138,6 +138,7 @@ class OpenAIPolicy:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.weight_version = weight_version
+        self.api_key, self.timeout, self.max_concurrency = api_key, timeout, max_concurrency
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.reconnect_timeout_s = reconnect_timeout_s

@@ -7,6 +7,7 @@ workers reach over 127.0.0.1; the env is ToyEnv with an I/O-bound ``add`` tool.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import subprocess
 import sys
@@ -130,10 +131,14 @@ async def test_in_process_policies_cannot_go_to_workers(ray_cluster: None):
         ray_rollout_engine(make_env(), FakePolicy(["hi"]), RolloutConfig(), WORKERS)
 
 
-def test_replica_specs_build_a_router():
-    spec = PolicySpec(("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"), "m")
+def test_specs_rebuild_the_same_clients():
+    spec = PolicySpec(("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"), "m", api_key="k",
+                      raw_tool_text=True, timeout=7.0, max_retries=1, max_concurrency=3,
+                      weight_version=4)
     router = spec.build()
-    assert PolicySpec.of(router).base_urls == spec.base_urls
+    assert PolicySpec.of(router) == spec
+    single = dataclasses.replace(spec, base_urls=spec.base_urls[:1])
+    assert PolicySpec.of(single.build()) == single
 
 
 def test_without_the_switch_nothing_imports_ray():
