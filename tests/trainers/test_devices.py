@@ -263,8 +263,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradient(lora):
         logp, _ = policy_logprobs(model, batch, 1.0, chunk_tokens=8)
         loss = -(logp * batch.mask).sum() / batch.mask.sum()
         loss.backward()
-        results.append((float(loss), {n: p.grad.clone() for n, p in model.named_parameters()
-                                      if p.requires_grad}))
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((float(loss.detach()), grads))
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert loss_a == pytest.approx(loss_b, abs=1e-6)
     assert grads_a.keys() == grads_b.keys() and grads_a
