@@ -6,7 +6,11 @@
 * :class:`ReplicaRouter`: several servers of one model behind one policy (least-loaded, sticky
   per episode, failover when a replica dies).
 * :class:`VLLMServer` (``--engine vllm``): a supervised vLLM subprocess with tool parsing,
-  token ids and runtime LoRA updates enabled.
+  token ids and runtime LoRA updates enabled; dtype, GPU memory share, tensor parallelism,
+  prefix caching and context length in :class:`VLLMServerConfig`.
+* :class:`ColocatedVLLM` (``engine: vllm_colocated``): vLLM's in-process engine in the
+  trainer's process, asleep during the trainer's compute on CUDA; :class:`ColocatedSync` loads
+  the trainer's weights (LoRA merged) into it in place.
 * :class:`LoRASync`, :class:`FullWeightSync`, :class:`SharedWeightSync`: weight sync with a
   deadline on every step.
 * :func:`prepare_model`: GGUF -> cached safetensors folder with the tool-aware chat template.
@@ -24,6 +28,7 @@ from agentgym.policies.model_prep import chat_template_path, default_model_path,
 from agentgym.policies.openai_client import OpenAIPolicy
 from agentgym.policies.router import ReplicaRouter
 from agentgym.policies.serve import make_policy, serve
+from agentgym.policies.vllm_colocated import ColocatedSync, ColocatedVLLM
 from agentgym.policies.vllm_server import VLLMServer, VLLMServerConfig, vllm_available
 from agentgym.policies.weight_sync import (
     FullWeightSync,
@@ -33,6 +38,8 @@ from agentgym.policies.weight_sync import (
 )
 
 __all__ = [
+    "ColocatedSync",
+    "ColocatedVLLM",
     "FullWeightSync",
     "HFEngine",
     "LoRASync",

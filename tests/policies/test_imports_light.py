@@ -8,7 +8,8 @@ import sys
 LIGHT_MODULES = ["agentgym", "agentgym.policies", "agentgym.policies.model_prep",
                  "agentgym.policies.hf_engine", "agentgym.policies.openai_client",
                  "agentgym.policies.vllm_server", "agentgym.policies.weight_sync",
-                 "agentgym.policies.drift", "agentgym.policies.serve"]
+                 "agentgym.policies.drift", "agentgym.policies.serve",
+                 "agentgym.policies.vllm_colocated"]
 
 
 def test_policy_modules_do_not_import_torch_transformers_or_vllm() -> None:
