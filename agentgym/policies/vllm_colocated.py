@@ -335,9 +335,11 @@ class ColocatedVLLM:
 
 
 def _shutdown(llm: Any) -> None:
-    """Free the engine's memory (engine thread)."""
-    with contextlib.suppress(Exception):  # best effort at exit: the engine may be half-down
+    """Free the engine's memory (engine thread); a failure is logged, the session still ends."""
+    try:
         llm.llm_engine.engine_core.shutdown()
+    except Exception:  # noqa: BLE001 - closing must not mask the run's own outcome
+        logger.warning("colocated vLLM did not shut down cleanly", exc_info=True)
 
 
 class ColocatedSync:
@@ -346,7 +348,8 @@ class ColocatedSync:
     Args:
         engine: the colocated engine.
         timeout_s: deadline of the load (a miss raises
-            :class:`~agentgym.errors.SyncTimeoutError`).
+            :class:`~agentgym.errors.SyncTimeoutError`; the load itself cannot be interrupted
+            and finishes in the engine's thread, before any later generate).
     """
 
     def __init__(self, engine: ColocatedVLLM, *, timeout_s: float = 300.0):
