@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/trainer_vs_trl.py [--steps 5] [--warmup 2] [--tasks-per-step 2]
                                                   [--rounds 1] [--threads 1] [--only ours|trl]
+                                                  [--device auto|cpu|cuda] [--dtype auto|...]
+                                                  [--random-init FOLDER] [--max-tokens 32]
 
 Needs TRL in the venv (``.venv/bin/pip install trl``, checked with ``--dry-run`` first so that it
 keeps torch and numpy). Not a timed test: the figures depend on the machine and its load, which
@@ -9,8 +11,13 @@ is printed (``os.getloadavg``) next to them.
 
 What is compared, in one process, one after the other (``--rounds 2`` runs ours, TRL, TRL, ours):
 
-* model: SmolLM2-135M-Instruct, the prepared folder (``resolve_model(None)``), float32, no bf16
-  autocast on either side;
+* model: SmolLM2-135M-Instruct, the prepared folder (``resolve_model(None)``), float32 on the
+  CPU. ``--random-init FOLDER`` instead builds a seeded random-init model from the folder's
+  ``config.json`` (and its tokenizer), saved once and loaded by both sides: that is how a GPU
+  machine without model weights runs the SmolLM2-135M and -1.7B architectures
+  (``benchmarks/gpu_check.sh``). ``--device``/``--dtype`` put both sides on the same device in
+  the same dtype (``auto``: CUDA when present, bf16 there, fp32 on the CPU); on CUDA the peak
+  GPU memory of each side is reported too;
 * prompts: Calculator-v0's train questions as plain single-turn chats (a system prompt asking
   for ``<answer>N</answer>``, no tools), rendered by the same tokenizer and chat template. Each
   step sees the *same* prompts in the same order on both sides: the benchmark replays our
@@ -84,7 +91,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +114,81 @@ LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
                            "gate_proj"]}
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What both sides run on: the model folder, device, dtype and completion length."""
+
+    model: str = "smollm2"
+    label: str = "SmolLM2-135M-Instruct"
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_tokens: int = MAX_TOKENS
+    dense: str = "digits"
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype == "bfloat16"
+
+
+def resolve_setup(args: argparse.Namespace, workdir: Path) -> Setup:
+    """Pick device and dtype (``auto``), and build the random-init model if asked."""
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    setup = Setup(device=device, dtype=dtype, max_tokens=args.max_tokens)
+    if args.random_init:
+        folder = random_init_model(Path(args.random_init), workdir / "random-init", dtype)
+        label = f"random-init {Path(args.random_init).name}"
+        setup = replace(setup, model=str(folder), label=label, dense="letters")
+    return setup
+
+
+def random_init_model(source: Path, out: Path, dtype: str) -> Path:
+    """Save a seeded random-init model of ``source/config.json`` with ``source``'s tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(source))
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(out))
+    return out
+
+
+def peak_memory_gib(device: str) -> float:
+    """Peak allocated GPU memory since the last reset (NaN on the CPU)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return float("nan")
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def reset_peak_memory(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
 # --- the shared task: prompts and reward ----------------------------------------------------
 
-def text_reward(text: str, answer: float) -> float:
-    """1 for the right final number, plus 0.5 x the share of digit characters (dense)."""
+def text_reward(text: str, answer: float, dense: str = "digits") -> float:
+    """1 for the right final number, plus 0.5 x the share of ``dense`` characters: digits for
+    a trained model; lowercase letters for a random-init one, whose text has almost no digits
+    (a group of equal rewards is skipped by our trainer, so it needs variance to train)."""
     given = last_number(extract_answer(text))
     correct = given is not None and math.isclose(given, answer, rel_tol=1e-6, abs_tol=1e-9)
-    digits = sum(c.isdigit() for c in text) / max(len(text), 1)
-    return float(correct) + 0.5 * digits
+    wanted = str.isdigit if dense == "digits" else str.islower
+    share = sum(wanted(c) for c in text) / max(len(text), 1)
+    return float(correct) + 0.5 * share
 
 
 def load_plain_tasks(count: int = NUM_TASKS) -> list[Task]:
@@ -126,22 +200,22 @@ def load_plain_tasks(count: int = NUM_TASKS) -> list[Task]:
             for i, (question, _, answer) in enumerate(problems)]
 
 
-def _trajectory_reward(trajectory: Trajectory, task: Task) -> float:
-    return text_reward(trajectory.final_text, float(task.answer))
-
-
 class PlainCalculatorEnv(AgentEnv):
     """One-turn arithmetic questions without tools; reward :func:`text_reward`."""
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, dense: str = "digits", **kwargs: Any):
         super().__init__(max_turns=1, **kwargs)
+        self.dense = dense
+
+    def _reward(self, trajectory: Trajectory, task: Task) -> float:
+        return text_reward(trajectory.final_text, float(task.answer), self.dense)
 
     def load_tasks(self, split: Split) -> list[Task]:
         return load_plain_tasks()
 
     @property
     def rubric(self) -> Rubric:
-        return Rubric([Reward("score", _trajectory_reward, 1.0)])
+        return Rubric([Reward("score", self._reward, 1.0)])
 
 
 def drawn_task_indices(steps: int, tasks_per_step: int) -> list[int]:
@@ -167,6 +241,7 @@ class StepTimes:
     score: list[float] = field(default_factory=list)
     train: list[float] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
+    peak_gib: list[float] = field(default_factory=list)
 
     def extend(self, other: StepTimes) -> None:
         for name in self.__dataclass_fields__:
@@ -185,7 +260,8 @@ class StepTimes:
                 "score_s": statistics.mean(self.score), "train_s": statistics.mean(self.train),
                 "gen_tokens_per_s": sum(self.tokens) / sum(self.generate),
                 "prompt_tokens": statistics.mean(self.prompt_tokens),
-                "load1": statistics.mean(self.load)}
+                "load1": statistics.mean(self.load),
+                "peak_gib": max(self.peak_gib, default=float("nan"))}
 
 
 def _patch(owner: Any, name: str, make: Any) -> Any:
@@ -197,7 +273,8 @@ def _patch(owner: Any, name: str, make: Any) -> Any:
 
 # --- our trainer ----------------------------------------------------------------------------
 
-def run_ours(warmup: int, steps: int, tasks_per_step: int, workdir: Path) -> StepTimes:
+def run_ours(warmup: int, steps: int, tasks_per_step: int, workdir: Path,
+             setup: Setup) -> StepTimes:
     """Train ``warmup + steps`` steps with agentgym's GRPO; time the last ``steps``."""
     import agentgym.trainers.grpo as grpo
     from agentgym.policies.hf_engine import HFEngine
@@ -243,8 +320,10 @@ def run_ours(warmup: int, steps: int, tasks_per_step: int, workdir: Path) -> Ste
             _patch(RolloutEngine, "run_groups", wrap_groups),
             _patch(HFEngine, "_run_batch", wrap_batch)]
     config = grpo.GRPOConfig(
-        model="smollm2", env_id=f"{__name__}:PlainCalculatorEnv", engine="hf",
-        num_generations=G, tasks_per_step=tasks_per_step, max_completion_length=MAX_TOKENS,
+        model=setup.model, env_id=f"{__name__}:PlainCalculatorEnv", engine="hf",
+        env_kwargs={"dense": setup.dense},
+        device=setup.device, dtype=setup.dtype,
+        num_generations=G, tasks_per_step=tasks_per_step, max_completion_length=setup.max_tokens,
         temperature=1.0, top_p=1.0, learning_rate=LEARNING_RATE, warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, beta=0.0, epsilon=0.2, epsilon_high=0.28,
         loss_type="dapo", scale_rewards=True, num_iterations=1, micro_batch_size=MICRO_BATCH,
@@ -278,7 +357,8 @@ def run_ours(warmup: int, steps: int, tasks_per_step: int, workdir: Path) -> Ste
 
 # --- TRL ------------------------------------------------------------------------------------
 
-def run_trl(warmup: int, steps: int, tasks_per_step: int, workdir: Path) -> StepTimes:
+def run_trl(warmup: int, steps: int, tasks_per_step: int, workdir: Path,
+            setup: Setup) -> StepTimes:
     """Train ``warmup + steps`` steps with TRL's GRPOTrainer; time the last ``steps``."""
     import torch
     from datasets import Dataset
@@ -294,21 +374,23 @@ def run_trl(warmup: int, steps: int, tasks_per_step: int, workdir: Path) -> Step
                                   "answer": float(tasks[i].answer)} for i in order])
 
     def reward(completions: list[Any], answer: list[float], **kwargs: Any) -> list[float]:
-        return [text_reward(c[0]["content"], a) for c, a in zip(completions, answer, strict=True)]
+        return [text_reward(c[0]["content"], a, setup.dense)
+                for c, a in zip(completions, answer, strict=True)]
 
-    folder = str(resolve_model(None))
+    folder = str(resolve_model(setup.model))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, setup.dtype))
     args = GRPOConfig(
         output_dir=str(workdir / f"trl-{time.time_ns()}"), max_steps=warmup + steps,
         per_device_train_batch_size=MICRO_BATCH,
         gradient_accumulation_steps=tasks_per_step * G // MICRO_BATCH,
-        num_generations=G, max_completion_length=MAX_TOKENS, temperature=1.0, top_p=1.0,
+        num_generations=G, max_completion_length=setup.max_tokens, temperature=1.0, top_p=1.0,
         top_k=0, beta=0.0, num_iterations=1, epsilon=0.2, epsilon_high=0.28, loss_type="dapo",
         scale_rewards="group", learning_rate=LEARNING_RATE, lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
+        bf16=setup.bf16, fp16=False, gradient_checkpointing=False,
+        use_cpu=not setup.device.startswith("cuda"),
         shuffle_dataset=False, seed=SEED, logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, log_completions=False,
         dataloader_num_workers=0)
@@ -369,16 +451,17 @@ def run_trl(warmup: int, steps: int, tasks_per_step: int, workdir: Path) -> Step
 
 # --- report ---------------------------------------------------------------------------------
 
-def report(results: dict[str, StepTimes], args: argparse.Namespace) -> None:
+def report(results: dict[str, StepTimes], args: argparse.Namespace, setup: Setup) -> None:
     import torch
 
-    print(f"\nSmolLM2-135M-Instruct, G={G}, {args.tasks_per_step} prompt(s)/step "
-          f"({G * args.tasks_per_step} completions), <= {MAX_TOKENS} completion tokens, LoRA r=16, "
-          f"fp32, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    print(f"\n{setup.label}, G={G}, {args.tasks_per_step} prompt(s)/step "
+          f"({G * args.tasks_per_step} completions), <= {setup.max_tokens} completion tokens, "
+          f"LoRA r=16, {setup.dtype} on {setup.device}, torch threads {torch.get_num_threads()}, "
+          f"cpus {os.cpu_count()}")
     cols = ["steps", "step_s", "step_s_median", "tokens_per_step", "tokens_per_s", "cpu_s",
             "tokens_per_cpu_s", "generate_s",
             "model_generate_s", "score_s", "train_s", "gen_tokens_per_s", "prompt_tokens",
-            "load1"]
+            "load1", "peak_gib"]
     print(f"{'':6}" + "".join(f"{c:>17}" for c in cols))
     summaries = {name: t.summary() for name, t in results.items()}
     for name, s in summaries.items():
@@ -391,10 +474,13 @@ def report(results: dict[str, StepTimes], args: argparse.Namespace) -> None:
               f"{ours['tokens_per_cpu_s'] / trl['tokens_per_cpu_s']:.2f}x")
         for phase in ("generate_s", "model_generate_s", "train_s"):  # score_s is ~0 on both
             print(f"  {phase:17} TRL/ours {trl[phase] / ours[phase]:6.2f}x")
+        if not math.isnan(ours["peak_gib"]):
+            print(f"peak GPU memory: ours {ours['peak_gib']:.2f} GiB, TRL {trl['peak_gib']:.2f} "
+                  f"GiB (ours/TRL {ours['peak_gib'] / trl['peak_gib']:.2f}, target <= 1)")
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"summary": summaries, "raw": {n: t.__dict__ for n, t in results.items()},
-             "args": vars(args)}, indent=2))
+             "args": vars(args), "setup": setup.__dict__}, indent=2))
 
 
 def main() -> None:
@@ -407,6 +493,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads for both sides (see the docstring)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (both sides)")
+    parser.add_argument("--dtype", default="auto",
+                        choices=["auto", "float32", "bfloat16", "float16"],
+                        help="model dtype for both sides (auto: bf16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--random-init", metavar="FOLDER",
+                        help="a folder with config.json + tokenizer: random-init weights from it")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
+                        help="completion tokens at most")
     args = parser.parse_args()
     if args.warmup < 1 or (G * args.tasks_per_step) % MICRO_BATCH:
         parser.error("--warmup must be >= 1 and 8 x tasks-per-step a multiple of 8")
@@ -420,17 +514,21 @@ def main() -> None:
     sides = [args.only] if args.only else ["ours", "trl"]
     results = {name: StepTimes() for name in sides}
     with tempfile.TemporaryDirectory(prefix="trainer-vs-trl-") as tmp:
+        setup = resolve_setup(args, Path(tmp))
         for r in range(args.rounds):
             for name in (sides if r % 2 == 0 else sides[::-1]):
                 load = os.getloadavg()[0]
                 started = time.perf_counter()
-                times = runners[name](args.warmup, args.steps, args.tasks_per_step, Path(tmp))
+                reset_peak_memory(setup.device)
+                times = runners[name](args.warmup, args.steps, args.tasks_per_step, Path(tmp),
+                                      setup)
+                times.peak_gib = [peak_memory_gib(setup.device)]
                 times.load = [(load + os.getloadavg()[0]) / 2] * len(times.wall)
                 results[name].extend(times)
                 print(f"round {r + 1} {name}: {time.perf_counter() - started:.0f} s total, "
                       f"steps {[round(w, 2) for w in times.wall]}, load ~{times.load[0]:.2f}",
                       flush=True)
-    report(results, args)
+    report(results, args, setup)
 
 
 if __name__ == "__main__":
