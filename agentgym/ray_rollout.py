@@ -67,7 +67,8 @@ class RaySettings:
     Attributes:
         address: the cluster: ``"auto"`` (the one ``ray start`` made on this node),
             ``"ray://host:10001"`` (Ray Client), ``"host:6379"``, or None for a private local
-            cluster (``ray.init()``). Ignored when Ray is already initialised in this process.
+            cluster (``ray.init(address="local")``, even where ``ray start`` made one).
+            Ignored when Ray is already initialised in this process.
         num_workers: env worker actors.
         num_cpus_per_worker: CPUs Ray reserves per worker (I/O-bound envs need little).
         episodes_per_worker: episodes one worker plays at once (its env instances: e.g. the
@@ -178,6 +179,7 @@ class EnvWorker:
     def __init__(self, make_env: Callable[[], AgentEnv], policy: PolicySpec,
                  config: RolloutConfig):
         self._make_env, self._spec, self._config = make_env, policy, config
+        self._policy: OpenAIPolicy | ReplicaRouter | None = None
         self._engine: RolloutEngine | None = None
 
     async def play(self, options: dict[str, Any], sampling: SamplingParams,
@@ -187,21 +189,22 @@ class EnvWorker:
         if model is not None and model != (self._spec.model, self._spec.weight_version):
             await self.set_model(*model)
         if self._engine is None:  # built in the actor's event loop
-            self._engine = RolloutEngine(self._make_env, self._spec.build(), self._config)
+            self._policy = self._spec.build()
+            self._engine = RolloutEngine(self._make_env, self._policy, self._config)
         return await self._engine.play_here(options, sampling)
 
     async def set_model(self, model: str, weight_version: str | int | None = None) -> None:
         """Request ``model`` from now on (after a weight sync)."""
         self._spec = dataclasses.replace(self._spec, model=model, weight_version=weight_version)
-        if self._engine is not None:
-            self._engine.policy.set_model(model, weight_version)  # type: ignore[attr-defined]
+        if self._policy is not None:
+            self._policy.set_model(model, weight_version)
 
     async def aclose(self) -> None:
         """Close the env pool and the policy client."""
-        if self._engine is not None:
+        if self._engine is not None and self._policy is not None:
             await self._engine.aclose()
-            await self._engine.policy.aclose()  # type: ignore[attr-defined]
-            self._engine = None
+            await self._policy.aclose()
+            self._engine = self._policy = None
 
     def pid(self) -> int:
         """The worker's process id (tests)."""
@@ -252,7 +255,7 @@ def connect(settings: RaySettings) -> None:
     """Join the cluster of ``settings.address`` (or start a local one) unless already joined."""
     ray = _ray()
     if not ray.is_initialized():
-        ray.init(address=settings.address, logging_level=logging.WARNING,
+        ray.init(address=settings.address or "local", logging_level=logging.WARNING,
                  log_to_driver=False)
 
 

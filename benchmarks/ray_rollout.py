@@ -103,7 +103,8 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     cli = parser.parse_args()
     local_only = {} if cli.address else {"include_dashboard": False}
-    ray.init(address=cli.address, logging_level="WARNING", log_to_driver=False, **local_only)
+    ray.init(address=cli.address or "local", logging_level="WARNING", log_to_driver=False,
+             **local_only)
     try:
         asyncio.run(main(cli))
     finally:

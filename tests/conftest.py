@@ -31,8 +31,8 @@ def ray_cluster() -> Iterator[None]:
     (ask for it from a module gated with ``require_module("ray", ...)``)."""
     import ray
 
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level="WARNING",
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False,
+             logging_level="WARNING", log_to_driver=False)  # never a `ray start` cluster
     yield
     ray.shutdown()
 
