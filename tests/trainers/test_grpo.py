@@ -39,8 +39,10 @@ def test_smoke_config_learns_and_changes_parameters(tmp_path):
     row = metrics[-1]
     for key in ("loss", "entropy", "clip_fraction", "grad_norm", "reward/digit_share",
                 "time/generate", "time/train", "time/sync", "zero_variance_groups",
-                "policy_tokens", "learning_rate"):
+                "policy_tokens", "learning_rate", "memory/peak_gib", "memory/kind"):
         assert key in row, key
+    assert row["memory/kind"] in ("cuda_max_allocated", "process_max_rss")
+    assert row["memory/peak_gib"] > 0
     assert (run / "config.yaml").exists() and (run / "samples.jsonl").exists()
 
 
