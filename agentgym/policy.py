@@ -10,13 +10,21 @@ completions are fine for eval and cannot be trained on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from agentgym.types import ToolCall
 
-__all__ = ["Completion", "Policy", "SamplingParams"]
+__all__ = ["Completion", "Policy", "SamplingParams", "restart_wait_hook"]
+
+restart_wait_hook: ContextVar[Callable[[bool], None] | None] = ContextVar(
+    "restart_wait_hook", default=None)
+"""Set by a caller that runs a deadline around policy requests (the rollout engine's per-turn
+deadline). A policy that waits for its server to come back (a supervised vLLM restarting, see
+:func:`agentgym.policies.vllm_server.wait_until_serving`) calls it with True when the wait starts
+and with False when it ends, so that deadline can pause meanwhile."""
 
 
 @dataclass(frozen=True)

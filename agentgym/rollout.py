@@ -16,7 +16,7 @@ is a budget running out, not a failure: the episode ends as truncated and is sco
 happened.
 
 A policy server that its supervisor restarts mid-turn is waited for by the client; that wait is
-left out of the turn's deadline (:data:`~agentgym.policies.vllm_server.restart_wait_hook`), not
+left out of the turn's deadline (:data:`~agentgym.policy.restart_wait_hook`), not
 out of the episode's.
 
 Group rewards (e.g. relative judging) run once a group is complete, through
@@ -48,8 +48,7 @@ from agentgym.errors import (
     RewardError,
     WorkerLostError,
 )
-from agentgym.policies.vllm_server import restart_wait_hook
-from agentgym.policy import Policy, SamplingParams
+from agentgym.policy import Policy, SamplingParams, restart_wait_hook
 from agentgym.trajectory_io import TrajectoryWriter
 from agentgym.types import Task, Trajectory
 

