@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from agentgym.errors import PolicyError
 from agentgym.parsing import parse_text_tool_calls
 from agentgym.policies.chat_tokens import continue_prompt, render_prompt
+from agentgym.policies.model_prep import resolve_model
 from agentgym.policy import Completion, SamplingParams
 
 __all__ = ["HFEngine"]
@@ -129,7 +130,6 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from agentgym.policies.devices import resolve_device, resolve_dtype
-        from agentgym.policies.model_prep import resolve_model
 
         folder = resolve_model(path)
         where = resolve_device(device)

