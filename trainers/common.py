@@ -65,9 +65,9 @@ from agentgym.rollout import Group, RolloutConfig, RolloutEngine
 from agentgym.tokens import TokenSequence, build_token_sequence
 from agentgym.trainers.batch import Batch, policy_logprobs
 from agentgym.trainers.config import config_to_dict
-from agentgym.trainers.distributed import SINGLE, World, join_world, load_rank_rng, rng_state
+from agentgym.trainers.distributed import SINGLE, World, join_world, load_rank_rng
 from agentgym.trainers.models import load_model, load_weights
-from agentgym.trainers.runs import RunDir
+from agentgym.trainers.runs import RunDir, rng_state
 from agentgym.types import Trajectory
 
 if TYPE_CHECKING:

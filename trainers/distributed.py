@@ -41,17 +41,17 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["SINGLE", "World", "join_world", "load_rank_rng", "rng_state", "set_rng_state"]
+from agentgym.trainers.runs import set_rng_state
+
+__all__ = ["SINGLE", "World", "join_world", "load_rank_rng"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,19 +217,6 @@ def _buckets(grads: list[torch.Tensor]) -> Iterable[list[torch.Tensor]]:
         size += nbytes
     if bucket:
         yield bucket
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's global RNG states (python, numpy, torch)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
 
 
 def load_rank_rng(path: Path, world: World) -> None:

@@ -22,7 +22,7 @@ import json
 import logging
 import random
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,7 @@ from agentgym.types import Trajectory
 if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "rng_state", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +106,7 @@ class RunDir:
         model.save_pretrained(str(tmp / "model"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(), "cuda": _cuda_rng_state(),
-                    "tasks": task_rng.bit_generator.state}, tmp / "rng.pt")
+        torch.save({**rng_state(), "tasks": task_rng.bit_generator.state}, tmp / "rng.pt")
         for name, state in (extra or {}).items():
             torch.save(state, tmp / f"{name}.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step}))
@@ -138,14 +136,7 @@ class RunDir:
         optimizer.load_state_dict(torch.load(latest / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(latest / "scheduler.pt", weights_only=False))
         rng = torch.load(latest / "rng.pt", weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        elif rng.get("cuda") is not None:
-            logger.warning("%s was saved on CUDA; resuming without a GPU continues the run, "
-                           "but not bit-exactly", latest)
+        set_rng_state(rng, source=latest)
         task_rng.bit_generator.state = rng["tasks"]
         step = json.loads((latest / "state.json").read_text())["step"]
         return step, latest / "model"
@@ -157,9 +148,22 @@ class RunDir:
         self._trackers = []
 
 
-def _cuda_rng_state() -> list[torch.Tensor] | None:
-    """Every CUDA device's generator state, or None when CUDA was never initialised (a CPU
-    run: nothing drew from a CUDA generator)."""
-    if not torch.cuda.is_initialized():
-        return None
-    return torch.cuda.get_rng_state_all()
+def rng_state() -> dict[str, Any]:
+    """This process's global RNG states: python, numpy, torch's CPU generator, and every CUDA
+    device's generator (None when CUDA was never initialised: nothing drew from it)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state: Mapping[str, Any], source: object = "the checkpoint") -> None:
+    """Restore what :func:`rng_state` returned (CUDA states need a GPU; without one the run
+    continues, not bit-exactly, and says so)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    elif state.get("cuda") is not None:
+        logger.warning("%s was saved on CUDA; resuming without a GPU continues the run, "
+                       "but not bit-exactly", source)
