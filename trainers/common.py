@@ -21,6 +21,7 @@ the session's helpers for what both algorithms do the same way: draw rollouts
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
@@ -162,6 +163,12 @@ class TrainerConfig:
     ``{address: auto | ray://HOST:10001 | null (a private local cluster), num_workers: N, ...}``.
     Needs an HTTP policy (engine ``"vllm"``); episodes lost with a dead worker are played again
     on the others (``resampled`` in the metrics). None: rollouts here, and Ray is never imported."""
+    max_staleness: int = 0
+    """Async pipeline (GRPO): rollouts of up to this many next steps are played while the
+    trainer updates, and trained turns are at most this many weight versions old (older groups
+    are dropped; kept ones are importance-corrected, see ``tis_cap``); see
+    ``trainers/pipeline.py``. 0: the on-policy loop (generate, then train). Engines ``hf`` and
+    ``vllm`` with LoRA only; a resumed run with k > 0 is not bit-identical to a straight one."""
     seed: int = 0
     """Seeds weights (LoRA init, heads), task sampling, sampling and batch order."""
     output_dir: str = "runs/train"
@@ -438,6 +445,9 @@ class TrainingSession(Generic[ConfigT]):
     """The training processes (several under torchrun; see distributed.py)."""
     resampled_before: int = 0
     """The engine's resample count when this step's rollouts began (metrics: ``resampled``)."""
+    on_close: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Awaited first by :meth:`aclose`, before the rollout engine closes (the async pipeline's
+    producer)."""
 
     async def rollouts(self, step: int, task_ids: list[str]) -> list[Group]:
         """Play this rank's share of the groups of ``task_ids`` (all of them in one process)
@@ -446,16 +456,22 @@ class TrainingSession(Generic[ConfigT]):
         self.resampled_before = self.engine.resampled
         return await self.engine.run_groups(self.world.shard(task_ids))
 
-    async def compute(self, fn: Callable[..., T], *args: Any) -> T:
+    async def compute(self, fn: Callable[..., T], *args: Any, version: int | None = None) -> T:
         """Run the trainer's compute ``fn(*args)``: in the embedded engine's compute thread when
         the policy is one (shared weights: never during a generate; one thread for all torch
         work), else right here (a vLLM server has its own copy of the weights) with a colocated
-        vLLM engine asleep meanwhile (:meth:`ColocatedVLLM.asleep`)."""
+        vLLM engine asleep meanwhile (:meth:`ColocatedVLLM.asleep`). With ``max_staleness > 0``
+        "right here" is a worker thread, so rollouts keep going on the event loop.
+
+        ``version``: the embedded engine serves the new weights as this version from the end
+        of ``fn`` on (one exclusive section); other policies get it from the weight sync."""
         if isinstance(self.policy, HFEngine):
-            return await self.policy.run_exclusive(fn, *args)
+            return await self.policy.run_exclusive(fn, *args, version=version)
         if isinstance(self.policy, ColocatedVLLM):  # asleep meanwhile, where vLLM can sleep
             async with self.policy.asleep():
                 return fn(*args)
+        if self.config.max_staleness > 0:
+            return await asyncio.to_thread(fn, *args)
         return fn(*args)
 
     def log_step(self, step: int, groups: list[Group], stats: dict[str, float],
@@ -494,6 +510,8 @@ class TrainingSession(Generic[ConfigT]):
     async def aclose(self) -> None:
         """Close the rollout engine, the policy and the trackers."""
         try:
+            for close in self.on_close:
+                await close()
             await self.engine.aclose()
             await self.close_policy()
         finally:

@@ -27,6 +27,12 @@ Deviations from the paper, each a known improvement and each a config switch:
   them) but masked out of the loss;
 * groups whose G rewards are all equal have zero advantage and are skipped (logged as
   ``zero_variance_groups``); groups with an infra failure are dropped (``dropped_groups``).
+* ``max_staleness: k > 0`` (async pipeline, ``trainers/pipeline.py``): the rollouts of the
+  next k steps are played while this step trains, so a step takes about max(generate, train)
+  instead of their sum. Turns are then up to k weight versions old: rho is taken against their
+  recorded sampling logprobs (the behaviour policy), so the clipped ratio and ``tis_cap``
+  correct for the lag; groups with an older turn are dropped (``async/dropped_stale``), and
+  each row has the kept turns' staleness histogram (``async/staleness_<d>``, ``_max``).
 
 Several processes (``torchrun`` / ``accelerate launch``; see ``trainers/distributed.py``): every
 rank draws the same tasks and plays its share of the groups; :func:`update` normalises each
@@ -47,7 +53,8 @@ positions, so the ``[B, T, V]`` float32 logits never exist at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +85,7 @@ from agentgym.trainers.losses import (
     masked_mean,
     truncated_importance_weights,
 )
+from agentgym.trainers.pipeline import RolloutPipeline, staleness_filter
 from agentgym.types import Trajectory
 
 if TYPE_CHECKING:
@@ -119,6 +127,15 @@ class GRPOConfig(TrainerConfig):
             raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}")
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: advantages are relative in a group")
+        if self.max_staleness < 0:
+            raise ValueError("max_staleness must be >= 0 (0: the on-policy loop)")
+        if self.max_staleness > 0 and (self.engine == "vllm_colocated"
+                                       or (self.engine == "vllm" and not self.lora)):
+            raise ValueError(
+                f"max_staleness > 0 needs engine 'hf' or 'vllm' with lora: true, not engine "
+                f"{self.engine!r} with lora: {self.lora}: a full-weight reload in place could "
+                "serve a half-written version to requests in flight, and the colocated engine "
+                "sleeps while the trainer computes (nothing to overlap)")
 
 
 # Share of the batch-level normaliser that one micro-batch carries, per loss_type: summing
@@ -203,14 +220,27 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
     return {**{k: v / n for k, v in summed.items()}, "grad_norm": stats["grad_norm"]}
 
 
-async def one_step(step: int, s: TrainingSession[GRPOConfig]) -> dict[str, Any]:
-    """Rollouts -> advantages -> update -> sync -> log, for one step."""
+def draw_tasks(s: TrainingSession[GRPOConfig]) -> list[str]:
+    """The next step's ``tasks_per_step`` task ids, from the session's task RNG."""
+    drawn = s.task_rng.integers(len(s.task_ids), size=s.config.tasks_per_step)
+    return [s.task_ids[int(i)] for i in drawn]
+
+
+async def one_step(step: int, s: TrainingSession[GRPOConfig],
+                   pipeline: RolloutPipeline | None = None) -> dict[str, Any]:
+    """Rollouts -> advantages -> update -> sync -> log, for one step; with a ``pipeline``
+    (``max_staleness > 0``) the rollouts were played ahead, and stale groups are dropped."""
     config, timings = s.config, {}
-    with timed(timings, "generate"):
-        drawn = s.task_rng.integers(len(s.task_ids), size=config.tasks_per_step)
-        groups = await s.rollouts(step, [s.task_ids[int(i)] for i in drawn])
+    trainable, async_counts = None, {}
+    with timed(timings, "generate"):  # with a pipeline: the wait for this step's rollouts
+        if pipeline is None:
+            groups = await s.rollouts(step, draw_tasks(s))
+        else:
+            groups = await pipeline.take(step)
+            report = staleness_filter(groups, pipeline.published, config.max_staleness)
+            trainable, async_counts = report.kept, report.metrics(config.max_staleness)
     with timed(timings, "score"):
-        usable = [g for g in groups if not g.dropped]
+        usable = [g for g in (groups if trainable is None else trainable) if not g.dropped]
         trajectories, advantages, zero_variance = advantages_for(usable, config.scale_rewards)
         sequences, advantages, drift = to_sequences(trajectories, advantages)
     stats: dict[str, float] = {}
@@ -220,13 +250,34 @@ async def one_step(step: int, s: TrainingSession[GRPOConfig]) -> dict[str, Any]:
         if s.world.sum({"rows": len(sequences)})["rows"]:  # every rank updates, or none
             s.model.train()
             stats = await s.compute(update, s.model, s.ref, s.optimizer, s.scheduler, batch,
-                                    config, s.world)
+                                    config, s.world, version=None if pipeline is None else step)
             s.model.eval()
     with timed(timings, "sync"):
         await s.sync.push(s.model, step)
-    counts = {"zero_variance_groups": zero_variance, "dropped_groups": len(groups) - len(usable),
-              "drift_dropped": drift, "episodes": sum(len(g.trajectories) for g in groups)}
+        if pipeline is not None:
+            await pipeline.publish(step)
+    dropped = len(groups) - len(usable) - async_counts.get("async/dropped_stale", 0)
+    counts = {"zero_variance_groups": zero_variance, "dropped_groups": dropped,
+              "drift_dropped": drift, "episodes": sum(len(g.trajectories) for g in groups),
+              **async_counts}
     return s.log_step(step, groups, stats, timings, counts, batch)
+
+
+StepFunction = Callable[[int, TrainingSession[GRPOConfig]], Awaitable[dict[str, Any]]]
+
+
+async def step_function(s: TrainingSession[GRPOConfig]) -> StepFunction:
+    """:func:`one_step`, or with ``max_staleness > 0`` :func:`one_step` fed by a started
+    :class:`~agentgym.trainers.pipeline.RolloutPipeline` (closed with the session)."""
+    if s.config.max_staleness == 0:
+        return one_step
+    if getattr(s.policy, "weight_version", None) != s.start:  # resumed: tag turns correctly
+        await s.sync.push(s.model, s.start)
+    pipeline = RolloutPipeline(lambda step: s.rollouts(step, draw_tasks(s)), s.start + 1,
+                               s.config.max_steps, s.config.max_staleness, published=s.start)
+    s.on_close.append(pipeline.aclose)
+    pipeline.start()
+    return functools.partial(one_step, pipeline=pipeline)
 
 
 async def train_async(config: GRPOConfig, resume: str | Path | None = None) -> Path:
@@ -236,7 +287,7 @@ async def train_async(config: GRPOConfig, resume: str | Path | None = None) -> P
     model, tokenizer = load_trainee(config)
     session = await open_session(config, resume, model, tokenizer, world=world,
                                  group_size=config.num_generations, kl_coef=config.beta)
-    return await run_steps(session, one_step)
+    return await run_steps(session, await step_function(session))
 
 
 def train(config: GRPOConfig, resume: str | Path | None = None) -> Path:

@@ -126,6 +126,9 @@ class PPOConfig(TrainerConfig):
         if min(self.tasks_per_step, self.num_generations, self.num_ppo_epochs,
                self.num_mini_batches, self.micro_batch_size) < 1:
             raise ValueError("batch sizes, epochs and minibatches must be >= 1")
+        if self.max_staleness != 0:
+            raise ValueError("PPO trains on-policy only: max_staleness must be 0 (the async "
+                             "rollout pipeline, max_staleness > 0, is GRPO's)")
 
 
 @dataclass

@@ -168,17 +168,23 @@ class HFEngine:
             self._model = model
             self._version = self._version + 1 if version is None else version
 
-    async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run_exclusive(self, fn: Callable[..., T], *args: Any,
+                            version: int | None = None) -> T:
         """``fn(*args)`` in the engine's compute thread, between batches, weights locked.
 
         The trainer's forward, backward and optimizer step go here: no generation reads
         half-updated weights, and all torch work runs on one thread. Two threads computing in
         turn each keep their own OpenMP team, and on a small CPU the idle team slowed the other
-        one's generation by up to 1.7x (measured on 2 cores).
+        one's generation by up to 1.7x (measured on 2 cores). With ``version``, the weight
+        version is set before the lock is released, so the first batch that runs on the new
+        weights is already tagged with it (rollouts that overlap training need that).
         """
         def locked() -> T:
             with self._weights_lock:
-                return fn(*args)
+                result = fn(*args)
+                if version is not None:
+                    self._version = version
+                return result
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, locked)
 
