@@ -330,10 +330,12 @@ def vllm_settings(config: TrainerConfig) -> VLLMServerConfig:
 def server_sync(config: TrainerConfig, server: VLLMServer, policy: OpenAIPolicy,
                 run_path: Path) -> WeightSync:
     """The weight sync into a vLLM server: LoRA adapters hot-loaded (``lora``), or full weights
-    saved and reloaded in place; every step under ``config.sync_timeout_s``."""
+    saved and reloaded in place; every step under ``config.sync_timeout_s``. With
+    ``max_staleness: k`` the k + 1 newest adapters stay loaded, so requests still in flight on
+    an older one are never cut off by its unload."""
     if config.lora:
         return LoRASync(server.url, policy, run_path / "adapters", server=server,
-                        timeout_s=config.sync_timeout_s)
+                        timeout_s=config.sync_timeout_s, keep=config.max_staleness + 1)
     return FullWeightSync(server.url, policy, run_path / "weights", server=server,
                           timeout_s=config.sync_timeout_s)
 

@@ -27,7 +27,8 @@ What "version" means per engine:
   section, so a batch that runs right after the update is tagged with the new version. The
   pipeline overlaps env and tool time with training, not torch compute with torch compute.
 * ``vllm`` with LoRA: each sync loads a new adapter name; requests in flight finish on the
-  adapter (and version) they started with, new ones go to the new adapter.
+  adapter (and version) they started with (the k + 1 newest adapters stay loaded), new ones go
+  to the new adapter.
 * ``vllm`` with full weights and ``vllm_colocated`` are refused for ``k > 0``: an in-place
   reload under concurrent generation could serve a half-written version, and the colocated
   engine sleeps while the trainer computes (nothing to overlap).
@@ -36,6 +37,10 @@ Resume: batches in flight at a checkpoint are discarded; the resumed run draws i
 plays them again from the checkpoint's RNG, which had already advanced past the in-flight
 draws, so a resumed ``k > 0`` run continues and completes but is not bit-identical to a
 straight one (``k = 0`` resumes exactly).
+
+Not exact with ``k > 0``: a row's ``resampled`` count (Ray resampling) may include episodes of
+the batch already in flight for the next step. Several training processes each run their own
+producer over their share of the groups (untested so far).
 """
 
 from __future__ import annotations

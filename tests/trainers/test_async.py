@@ -97,3 +97,13 @@ def test_k1_smoke_run_trains_only_turns_at_most_one_version_old(tmp_path):
     resumed = train(load_config(GRPOConfig, run / "config.yaml", {"max_steps": 6}), resume=run)
     assert [r["step"] for r in RunDir(resumed).metrics()] == [1, 2, 3, 4, 5, 6]
     assert all(r["async/staleness_max"] <= 1 for r in RunDir(resumed).metrics())
+
+
+def test_lora_sync_keeps_the_adapters_that_requests_in_flight_may_use(tmp_path):
+    from agentgym.policies.vllm_server import VLLMServer, VLLMServerConfig
+    from agentgym.trainers import common
+
+    server = VLLMServer(VLLMServerConfig(model=tmp_path, port=8123))
+    assert common.server_sync(GRPOConfig(engine="vllm"), server, None, tmp_path).keep == 1
+    assert common.server_sync(GRPOConfig(engine="vllm", max_staleness=2), server, None,
+                              tmp_path).keep == 3
