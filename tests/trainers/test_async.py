@@ -107,3 +107,25 @@ def test_lora_sync_keeps_the_adapters_that_requests_in_flight_may_use(tmp_path):
     assert common.server_sync(GRPOConfig(engine="vllm"), server, None, tmp_path).keep == 1
     assert common.server_sync(GRPOConfig(engine="vllm", max_staleness=2), server, None,
                               tmp_path).keep == 3
+
+
+def test_a_generation_queued_behind_the_update_is_tagged_with_the_new_version():
+    import time
+
+    from agentgym.policies.hf_engine import HFEngine
+    from agentgym.policy import SamplingParams
+    from agentgym.trainers.smoke import char_tokenizer, tiny_model
+
+    tokenizer = char_tokenizer()
+    engine = HFEngine(tiny_model(tokenizer), tokenizer, max_wait_s=0.0)
+
+    async def scenario():
+        update = asyncio.create_task(engine.run_exclusive(time.sleep, 0.3, version=7))
+        await asyncio.sleep(0.05)  # the update holds the compute thread
+        completions = await engine.generate([{"role": "user", "content": "Say 7."}], None,
+                                            SamplingParams(max_tokens=3, seed=0))
+        await update
+        await engine.aclose()
+        return completions[0].weight_version
+
+    assert asyncio.run(scenario()) == 7
