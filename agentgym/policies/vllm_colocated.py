@@ -37,6 +37,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -166,7 +167,8 @@ class ColocatedVLLM:
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         logger.info("starting colocated vLLM on %s (sleep mode %s)", self.settings.model,
                     "on" if self._can_sleep else "unavailable on this platform")
-        self.llm = vllm.LLM(**_engine_kwargs(self.settings, self._can_sleep))
+        with _opaque_attributes_hidden():
+            self.llm = vllm.LLM(**_engine_kwargs(self.settings, self._can_sleep))
         eos = self.llm.llm_engine.model_config.hf_config.eos_token_id
         extra = eos if isinstance(eos, (list, tuple)) else [eos]
         self._eos_ids = self._eos_ids | {int(i) for i in extra if i is not None}
@@ -368,3 +370,36 @@ class ColocatedSync:
         self.engine.weight_version = self.version = new
         logger.info("colocated sync: version %d (%d tensors)", new, count)
         return new
+
+
+@contextlib.contextmanager
+def _opaque_attributes_hidden() -> Iterator[None]:
+    """Hide, while vLLM starts, module attributes whose ``vars()`` is not a mapping.
+
+    vLLM 0.32's Triton kernel-override pass (``vllm.triton_utils.dispatcher``) reads
+    ``vars(value).get("kernel")`` for every attribute of every loaded module. llvmlite's
+    ``ffi.lib`` (loaded by numba, which ``bm25s`` imports for the Search envs) answers any
+    attribute, ``__dict__`` included, with a function wrapper, so that pass raises
+    ``AttributeError`` and the engine never starts. Such attributes are taken out of their
+    module for the engine's start-up only and put back afterwards.
+    """
+    hidden: list[tuple[dict[str, Any], str, Any]] = []
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for attr, value in list(namespace.items()):
+            try:
+                opaque = hasattr(value, "__dict__") and not isinstance(vars(value), Mapping)
+            except TypeError:
+                opaque = False
+            if opaque:
+                hidden.append((namespace, attr, value))
+    for namespace, attr, _ in hidden:
+        del namespace[attr]
+    try:
+        yield
+    finally:
+        for namespace, attr, value in hidden:
+            namespace[attr] = value
+

@@ -27,6 +27,9 @@ TOOLS = [{"type": "function", "function": {
 @pytest.fixture(scope="module")
 def colocated_run(tmp_path_factory):
     require_vllm()
+    # The Search envs' bm25s loads numba/llvmlite, whose ffi.lib broke vLLM's start-up scan of
+    # module attributes (the whole suite imports it first); the engine must start regardless.
+    require_module("bm25s", "pip install '.[search]'")
     from agentgym.policy import SamplingParams
     from agentgym.trainers.common import load_trainee, open_session
     from agentgym.trainers.grpo import GRPOConfig, one_step
