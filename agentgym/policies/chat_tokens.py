@@ -19,7 +19,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-__all__ = ["continue_prompt", "render_prompt"]
+from agentgym.errors import PolicyError
+
+__all__ = ["continue_prompt", "prompt_ids_for", "render_prompt"]
 
 _PROBE = "\x00agentgym-probe\x00"
 
@@ -75,3 +77,22 @@ def continue_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]],
         if turn_end.startswith(eos_text):
             turn_end = turn_end[len(eos_text):]
     return list(prefix_ids) + _encode(tokenizer, turn_end + full[len(head):])
+
+
+def prompt_ids_for(tokenizer: Any, messages: Sequence[Mapping[str, Any]],
+                   tools: Sequence[Mapping[str, Any]] | None, prefix_ids: Sequence[int] | None,
+                   eos_ids: Collection[int]) -> list[int]:
+    """The prompt an in-process engine samples from: continued from ``prefix_ids`` (the
+    previous turn's prompt + completion ids) when given and the template allows it
+    (:func:`continue_prompt`), else the whole chat rendered (:func:`render_prompt`).
+
+    Raises:
+        PolicyError: the chat template failed (a caller or set-up problem, typed here).
+    """
+    try:
+        ids = continue_prompt(tokenizer, messages, tools, prefix_ids, eos_ids) \
+            if prefix_ids else None
+        return ids if ids is not None else render_prompt(tokenizer, messages, tools)
+    except Exception as exc:  # any template error: the chat or template is at fault
+        raise PolicyError(f"chat template failed: {exc}") from exc
+

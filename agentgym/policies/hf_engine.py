@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from agentgym.errors import PolicyError
 from agentgym.parsing import parse_text_tool_calls
-from agentgym.policies.chat_tokens import continue_prompt, render_prompt
+from agentgym.policies.chat_tokens import prompt_ids_for
 from agentgym.policies.model_prep import resolve_model
 from agentgym.policy import Completion, SamplingParams
 
@@ -209,15 +209,7 @@ class HFEngine:
         """
         if self._closed:
             raise PolicyError("the embedded engine is closed")
-        try:
-            prompt_ids = None
-            if prefix_ids:
-                prompt_ids = continue_prompt(self.tokenizer, messages, tools, prefix_ids,
-                                             self._eos_ids)
-            if prompt_ids is None:
-                prompt_ids = render_prompt(self.tokenizer, messages, tools)
-        except Exception as exc:  # a template error is a caller/infra problem, typed here
-            raise PolicyError(f"chat template failed: {exc}") from exc
+        prompt_ids = prompt_ids_for(self.tokenizer, messages, tools, prefix_ids, self._eos_ids)
         limit = getattr(getattr(self._model, "config", None), "max_position_embeddings", None)
         if limit is not None and len(prompt_ids) + sampling.max_tokens > limit:
             raise PolicyError(f"prompt ({len(prompt_ids)} tokens) + max_tokens "

@@ -44,7 +44,7 @@ from typing import Any
 
 from agentgym.errors import PolicyError
 from agentgym.parsing import parse_text_tool_calls
-from agentgym.policies.chat_tokens import continue_prompt, render_prompt
+from agentgym.policies.chat_tokens import prompt_ids_for
 from agentgym.policies.vllm_server import VLLMServerConfig, vllm_available, vllm_is_cpu_build
 from agentgym.policies.weight_sync import _step
 from agentgym.policy import Completion, SamplingParams
@@ -256,15 +256,7 @@ class ColocatedVLLM:
         """
         if self._closed or self.llm is None:
             raise PolicyError("colocated vLLM is closed or not started")
-        try:
-            prompt_ids = None
-            if prefix_ids:
-                prompt_ids = continue_prompt(self.tokenizer, messages, tools, prefix_ids,
-                                             self._eos_ids)
-            if prompt_ids is None:
-                prompt_ids = render_prompt(self.tokenizer, messages, tools)
-        except Exception as exc:  # a template error is a caller/infra problem, typed here
-            raise PolicyError(f"chat template failed: {exc}") from exc
+        prompt_ids = prompt_ids_for(self.tokenizer, messages, tools, prefix_ids, self._eos_ids)
         if len(prompt_ids) + sampling.max_tokens > self.settings.max_model_len:
             raise PolicyError(f"prompt ({len(prompt_ids)} tokens) + max_tokens "
                               f"({sampling.max_tokens}) exceeds max_model_len "
