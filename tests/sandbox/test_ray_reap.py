@@ -2,8 +2,9 @@
 
 The worker plays the code env (a real SandboxPool in the worker process) against a StubServer
 "model" that runs a long ``run_python`` call; the worker is killed with ``ray.kill`` while the
-call runs. Its episodes come back as infra errors and its containers are removed by the reaper
-task on its node: counted by the worker's owner labels before and after.
+call runs. Its episodes come back as infra errors and none of its containers is left (the
+engine auto-removes a container whose runner lost its host, and the reaper task on the node
+removes what remains): counted by the worker's owner labels before and after.
 """
 
 from __future__ import annotations
@@ -62,4 +63,7 @@ async def test_a_killed_workers_sandboxes_are_reaped(ray_cluster: None) -> None:
     assert before >= 2
     assert groups[0].dropped
     assert {e.type for e in groups[0].errors} == {WorkerLostError.__name__}
-    assert _containers(owner) == 0 and remote.reaped_sandboxes >= before
+    # None is left. Each went one of two ways, whichever came first on this machine: its runner
+    # read EOF when the worker died and the engine auto-removed it, or the reaper took it.
+    assert _containers(owner) == 0
+    assert 0 <= remote.reaped_sandboxes <= before
