@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install agentgym and every Python dependency into a virtual environment.
 #   bash .ci/python_env.sh VENV [CONSTRAINTS]
-# With CONSTRAINTS (setup.sh passes .ci/constraints.txt) every package gets the locked version;
+# With CONSTRAINTS (setup.sh passes .ci/constraints.lock) every package gets the locked version;
 # without (lock.sh, into a throwaway venv) pip resolves today's versions from pyproject.toml.
 # Besides the extras, three packages come in by hand:
 #  - torch 2.13.0: the CPU wheel on these machines (an open range would pull a CUDA build);

@@ -9,8 +9,8 @@ export DEBIAN_FRONTEND=noninteractive
 log() { printf '\n== %s\n' "$*"; }
 
 # --- python ---
-log "Python environment (.venv, locked versions from .ci/constraints.txt)"
-bash .ci/python_env.sh .venv .ci/constraints.txt
+log "Python environment (.venv, locked versions from .ci/constraints.lock)"
+bash .ci/python_env.sh .venv .ci/constraints.lock
 # --- end python ---
 
 # --- docker ---

@@ -47,7 +47,7 @@ PARTS = ("train", "eval", "corpus")
 REFRESH_HINT = (
     "If the change is intended, give the env a new version (Name-v<N+1>: a versioned id never "
     "changes its data) and refresh the record with `agentgym envs --write-digests`; if not, "
-    "pin the dependency that changed it (.ci/constraints.txt).")
+    "pin the dependency that changed it (.ci/constraints.lock).")
 
 
 def _plain(value: Any) -> Any:

@@ -2,7 +2,7 @@
 # Build .gpu_bundle/ (git-ignored) for benchmarks/gpu_check.sh: what a CUDA machine that has torch,
 # transformers, peft and accelerate but no vLLM and no package registry lacks, in tens of MiB:
 #   - wheels (Python 3.12, manylinux x86-64) of agentgym's missing dependencies and of TRL (the
-#     benchmark's baseline), at the versions of .ci/constraints.txt where the lock has them;
+#     benchmark's baseline), at the versions of .ci/constraints.lock where the lock has them;
 #   - models/smollm2-135m and models/smollm2-1.7b: config.json (benchmarks/configs/) plus the
 #     SmolLM2 tokenizer and chat template from the prepared model. No weights: gpu_check.sh
 #     random-inits them on the GPU machine.
@@ -17,7 +17,7 @@ mkdir -p "$bundle/wheels" "$bundle/models"
 
 locked() {  # NAME -> NAME==VERSION from the lock
   local line
-  line=$(grep -i "^$1==" .ci/constraints.txt) || { echo "$1 is not in .ci/constraints.txt" >&2; exit 1; }
+  line=$(grep -i "^$1==" .ci/constraints.lock) || { echo "$1 is not in .ci/constraints.lock" >&2; exit 1; }
   echo "$line"
 }
 wheels=(
