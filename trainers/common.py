@@ -599,10 +599,10 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = time.perf_counter() - started
 
 
-def to_sequences(trajectories: list[Trajectory], values: list[float],
-                 ) -> tuple[list[TokenSequence], list[float], int]:
-    """Token sequences of the trajectories and the values that go with the kept ones
-    (template drift drops a trajectory, and is counted)."""
+def to_sequences(trajectories: list[Trajectory], values: list[T],
+                 ) -> tuple[list[TokenSequence], list[T], int]:
+    """Token sequences of the trajectories and the values (any per-trajectory items) that go
+    with the kept ones (template drift drops a trajectory, and is counted)."""
     sequences, kept, drift = [], [], 0
     for trajectory, value in zip(trajectories, values, strict=True):
         try:
