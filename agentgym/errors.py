@@ -44,6 +44,8 @@ The tree::
     ├── RewardError                        infra
     │   └── JudgeError                     infra  (judge call failed or reply unparseable)
     ├── WorkerLostError                    infra  (a Ray env worker died mid-episode)
+    ├── EnvServerError                     infra  (an env served over HTTP failed, could not
+    │                                              be reached, or its session expired)
     └── AgentGymTimeoutError (TimeoutError) infra
         ├── ToolTimeoutError               model  (the model's code ran past its deadline)
         ├── AcquireTimeoutError            infra  (no sandbox free in time)
@@ -67,6 +69,7 @@ __all__ = [
     "ContextWindowError",
     "EntryPointError",
     "EnvError",
+    "EnvServerError",
     "EpisodeTimeoutError",
     "ErrorRecord",
     "InvalidActionError",
@@ -302,6 +305,11 @@ class JudgeError(RewardError):
 class WorkerLostError(AgentGymError):
     """The env worker (a Ray actor) playing an episode died or became unreachable; the
     episode is resampled on another worker (see :mod:`agentgym.ray_rollout`)."""
+
+
+class EnvServerError(AgentGymError):
+    """An environment played over HTTP (the OpenEnv protocol, :mod:`agentgym.interop`) failed:
+    the server could not be reached, answered with an error, or closed the idle session."""
 
 
 # --- timeouts -------------------------------------------------------------------------------
