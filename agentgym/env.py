@@ -345,7 +345,8 @@ class AgentEnv(gymnasium.Env):
         finally:
             self._done = True
         self._trajectory = dataclasses.replace(
-            trajectory, reward=score.reward, reward_components=dict(score.components))
+            trajectory, reward=score.reward, reward_components=dict(score.components),
+            turn_rewards=score.turn_rewards)
         await self._teardown()
         return score.reward, {"reward_components": dict(score.components)}
 

@@ -51,6 +51,7 @@ def from_json(data: Mapping[str, Any]) -> Trajectory:
     fields = {k: v for k, v in data.items() if k != "schema_version"}
     fields["messages"] = tuple(fields["messages"])
     fields["turns"] = tuple(_turn(t) for t in fields["turns"])
+    fields["turn_rewards"] = tuple(fields.get("turn_rewards", ()))
     if fields.get("error") is not None:  # lines written before status_code existed load too
         fields["error"] = ErrorRecord.from_dict(fields["error"])
     return Trajectory(**fields)
@@ -113,8 +114,9 @@ async def rescore(trajectories: Sequence[Trajectory], env: Any) -> list[Trajecto
             score = await env.rubric.score(trajectory, tasks[trajectory.task_id])
         except AgentGymError as exc:
             out.append(dataclasses.replace(trajectory, reward=None, reward_components={},
-                                           error=ErrorRecord.from_exception(exc)))
+                                           turn_rewards=(), error=ErrorRecord.from_exception(exc)))
             continue
         out.append(dataclasses.replace(trajectory, reward=score.reward,
-                                       reward_components=dict(score.components)))
+                                       reward_components=dict(score.components),
+                                       turn_rewards=score.turn_rewards))
     return out

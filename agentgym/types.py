@@ -155,6 +155,10 @@ class Trajectory:
         truncated: a budget (turns, tokens, wall time) ran out first.
         reward: the weighted total, or None when scoring failed or never ran.
         reward_components: every named component, weighted or logged (weight 0).
+        turn_rewards: the part of ``reward`` that belongs to single turns, one value per turn
+            (weighted potential-based shaping terms; see ``agentgym.rewards.shaping``): a
+            token-level learner (PPO) gives ``turn_rewards[k]`` at turn k's end and the rest of
+            ``reward`` at the episode's end; empty when no component has per-turn terms.
         final_state: a JSON-able snapshot of the env's world at the end (for state checks).
         error: what spoiled the episode (an infra failure, or a scoring failure), or None.
     """
@@ -167,6 +171,7 @@ class Trajectory:
     truncated: bool = False
     reward: float | None = None
     reward_components: Mapping[str, float] = field(default_factory=dict)
+    turn_rewards: tuple[float, ...] = ()
     final_state: Any = None
     error: ErrorRecord | None = None
 

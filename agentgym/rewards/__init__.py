@@ -10,7 +10,7 @@ score, constitutional principles), self-feedback (:mod:`.self_feedback`) and pot
 shaping (:mod:`.shaping`).
 """
 
-from agentgym.rewards.rubric import GroupReward, Reward, RewardFn, Rubric, Score
+from agentgym.rewards.rubric import GroupReward, PerTurn, Reward, RewardFn, Rubric, Score
 from agentgym.rewards.self_feedback import SelfEvaluation, answer_confidence, calibration
 from agentgym.rewards.shaping import JudgeProgress, potential_shaping, shaping_terms
 from agentgym.rewards.verbal import (
@@ -30,8 +30,9 @@ from agentgym.rewards.verifiable import (
 )
 
 __all__ = [
-    "Criterion", "GroupReward", "JudgeProgress", "JudgeReward", "Reward", "RewardFn", "Rubric",
-    "Score", "SelfEvaluation", "answer_confidence", "calibration", "constitutional_reward",
-    "exact_match", "final_state_match", "math_match", "normalize_answer", "numeric_match",
+    "Criterion", "GroupReward", "JudgeProgress", "JudgeReward", "PerTurn", "Reward", "RewardFn",
+    "Rubric", "Score", "SelfEvaluation", "answer_confidence", "calibration",
+    "constitutional_reward", "exact_match", "final_state_match", "math_match",
+    "normalize_answer", "numeric_match",
     "parse_criteria", "parse_grade", "parse_probability", "potential_shaping", "shaping_terms",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 from agentgym.errors import AgentGymError, RewardError
 from agentgym.types import Task, Trajectory
 
-__all__ = ["GroupReward", "GroupRewardFn", "Reward", "RewardFn", "Rubric", "Score"]
+__all__ = ["GroupReward", "GroupRewardFn", "PerTurn", "Reward", "RewardFn", "Rubric", "Score"]
 
 RewardFn = Callable[[Trajectory, Task], float | Awaitable[float]]
 GroupRewardFn = Callable[[Sequence[Trajectory], Task],
@@ -60,12 +60,28 @@ class GroupReward:
     weight: float = 1.0
 
 
+class PerTurn(float):
+    """A reward value that is the sum of per-turn terms (potential-based shaping), returned by
+    a :class:`Reward`'s function: it counts as the float, and the rubric also records
+    ``weight * terms`` per turn in :attr:`Score.turn_rewards`, so a token-level learner can
+    place each term at its turn."""
+
+    terms: tuple[float, ...]
+
+    def __new__(cls, terms: Sequence[float]) -> PerTurn:
+        value = super().__new__(cls, math.fsum(terms))
+        value.terms = tuple(float(t) for t in terms)
+        return value
+
+
 @dataclass(frozen=True)
 class Score:
-    """The outcome of scoring one trajectory."""
+    """The outcome of scoring one trajectory (``turn_rewards``: the per-turn part of
+    ``reward``, one value per turn, see :class:`PerTurn`)."""
 
     reward: float
     components: Mapping[str, float] = field(default_factory=dict)
+    turn_rewards: tuple[float, ...] = ()
 
 
 class Rubric:
@@ -91,11 +107,17 @@ class Rubric:
             RewardError: a component failed or returned a non-finite value.
         """
         components: dict[str, float] = {}
+        turns: list[float] = []
         for reward in self.rewards:
-            components[reward.name] = _check(reward.name, await _call(
-                reward.name, reward.fn, trajectory, task))
+            value = await _call(reward.name, reward.fn, trajectory, task)
+            components[reward.name] = _check(reward.name, value)
+            if isinstance(value, PerTurn) and reward.weight:
+                for k, term in enumerate(value.terms):
+                    if k == len(turns):
+                        turns.append(0.0)
+                    turns[k] += reward.weight * _check(reward.name, term)
         total = sum(r.weight * components[r.name] for r in self.rewards if r.weight)
-        return Score(reward=float(total), components=components)
+        return Score(reward=float(total), components=components, turn_rewards=tuple(turns))
 
     async def score_group(self, trajectories: Sequence[Trajectory],
                           task: Task) -> list[Trajectory]:

@@ -6,10 +6,15 @@ taken as 0 in episodic tasks; the shaping only changes how quickly credit reache
 Here a state is the chat after a turn (``s_0`` is the prompt); Phi is either a task-defined
 function of the chat or a judge's progress estimate (:class:`JudgeProgress`).
 
-:func:`shaping_terms` gives the per-turn F_t (what a per-turn learner such as PPO adds to each
-turn's reward); :func:`potential_shaping` wraps them as an ordinary reward function whose value
-is their discounted sum, which telescopes to ``gamma^T * Phi(s_T) - Phi(s_0)`` with
-``Phi(s_T) = 0`` at the end of a terminated episode.
+:func:`shaping_terms` gives the per-turn F_t; :func:`potential_shaping` wraps them as a reward
+function whose value is their discounted sum, which telescopes to ``gamma^T * Phi(s_T) -
+Phi(s_0)`` with ``Phi(s_T) = 0`` at the end of a terminated episode. That value is a
+:class:`~agentgym.rewards.rubric.PerTurn`: the rubric records the weighted discounted terms
+``gamma^k * F_k`` per turn in ``Trajectory.turn_rewards``, and PPO adds each at its turn's last
+policy token (token-level rewards) instead of at the episode's end; episode-level learners
+(GRPO) and evaluation see their sum in the reward. With the learner's gamma 1 (PPO's default)
+``gamma^k * F_k`` is itself potential-based shaping, with the potential ``gamma^k * Phi(s_k)``
+of the state at turn k.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from agentgym.policy import Policy
+from agentgym.rewards.rubric import PerTurn
 from agentgym.rewards.verbal import JudgeReward, load_prompt, parse_probability
 from agentgym.types import Task, Trajectory
 
@@ -53,10 +59,11 @@ async def shaping_terms(trajectory: Trajectory, task: Task, potential: Potential
 
 
 def potential_shaping(potential: Potential, gamma: float = 1.0) -> Callable[..., Awaitable[float]]:
-    """A reward function: the discounted sum of the episode's shaping terms."""
-    async def shaping(trajectory: Trajectory, task: Task) -> float:
+    """A reward function: the discounted sum of the episode's shaping terms, as a
+    :class:`PerTurn` of the terms ``gamma^k * F_k`` (the rubric records them per turn)."""
+    async def shaping(trajectory: Trajectory, task: Task) -> PerTurn:
         terms = await shaping_terms(trajectory, task, potential, gamma)
-        return sum(gamma ** t * f for t, f in enumerate(terms))
+        return PerTurn([gamma ** t * f for t, f in enumerate(terms)])
 
     return shaping
 
