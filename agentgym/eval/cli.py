@@ -29,6 +29,19 @@ _out = Console()
 _err = Console(stderr=True)
 
 
+def json_object(text: str | None, option: str) -> dict[str, Any]:
+    """``text`` read as a JSON object ({} for None); a ValueError that names ``option``."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _fail(exc: BaseException) -> typer.Exit:
     """Print ``exc`` as one line on stderr; the exit to raise (2: caller's mistake, 1: infra)."""
     message = " ".join(str(exc).split()) or type(exc).__name__
@@ -135,6 +148,9 @@ def eval_command(
     ray_address: Annotated[str | None, typer.Option(
         help="the Ray cluster for --ray-workers: auto, ray://HOST:10001 or HOST:6379 "
              "(default: a private local cluster)")] = None,
+    env_kwargs: Annotated[str | None, typer.Option(
+        help='env arguments as a JSON object, e.g. \'{"base_url": "http://127.0.0.1:8001"}\' '
+             "for agentgym/OpenEnv-v0")] = None,
 ) -> None:
     """Evaluate a model on an environment: N tasks x K rollouts, results on disk, a summary."""
     from agentgym.eval.evaluation import evaluate
@@ -154,7 +170,8 @@ def eval_command(
             split=split, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
             seed=seed, pass_threshold=pass_threshold, turn_timeout_s=turn_timeout,
             episode_timeout_s=episode_timeout,
-            ray=RaySettings(ray_address, ray_workers) if ray_workers else None)
+            ray=RaySettings(ray_address, ray_workers) if ray_workers else None,
+            env_kwargs=json_object(env_kwargs, "--env-kwargs"))
     except (AgentGymError, ValueError, FileNotFoundError, ImportError) as exc:
         bar.stop()
         raise _fail(exc) from None
