@@ -30,8 +30,15 @@ def _ppo() -> tuple[type, Callable[..., Path]]:
     return PPOConfig, train
 
 
+def _dpo() -> tuple[type, Callable[..., Path]]:
+    from agentgym.trainers.dpo import DPOConfig, train
+
+    return DPOConfig, train
+
+
 TRAINERS: dict[str, Callable[[], tuple[type, Callable[..., Path]]]] = {"grpo": _grpo,
-                                                                      "ppo": _ppo}
+                                                                      "ppo": _ppo,
+                                                                      "dpo": _dpo}
 """Trainer name -> (config class, train function), imported on demand."""
 
 
