@@ -29,6 +29,7 @@ from typing import Any
 import gymnasium
 
 from agentgym.errors import EntryPointError, RegistryError, UnknownEnvError
+from agentgym.rewards.config import attach_rewards
 
 __all__ = ["EnvSpec", "env_class", "list_envs", "make", "register", "registry", "spec"]
 
@@ -175,18 +176,23 @@ def make(id: str, **kwargs: Any) -> Any:
 
     Args:
         id: a registered id, e.g. ``agentgym/Calculator-v0``.
-        **kwargs: constructor arguments; they override the registered defaults.
+        **kwargs: constructor arguments; they override the registered defaults. ``rewards``
+            (a list of reward terms, see :mod:`agentgym.rewards.config`) is not passed on: it
+            adds, reweights or replaces terms of the env's rubric.
 
     Raises:
         UnknownEnvError: no such id (the message suggests close ones).
         EntryPointError: the entry point does not import.
+        ValueError: an invalid ``rewards`` list.
     """
     env_spec = spec(id)
     factory = _load(env_spec.entry_point)
     arguments = {**env_spec.kwargs, **kwargs}
+    rewards = arguments.pop("rewards", None)
     if _accepts_env_id(factory):
         arguments.setdefault("env_id", id)
-    return factory(**arguments)
+    env = factory(**arguments)
+    return env if rewards is None else attach_rewards(env, rewards)
 
 
 def _accepts_env_id(factory: Callable[..., Any]) -> bool:
