@@ -62,6 +62,7 @@ from agentgym.policies.vllm_server import VLLMServer, VLLMServerConfig
 from agentgym.policies.weight_sync import FullWeightSync, LoRASync, SharedWeightSync, WeightSync
 from agentgym.policy import Policy, SamplingParams
 from agentgym.registry import _load
+from agentgym.rewards.config import RewardsConfig, attach_rewards
 from agentgym.rollout import Group, RolloutConfig, RolloutEngine
 from agentgym.tokens import TokenSequence, build_token_sequence
 from agentgym.trainers.batch import Batch, policy_logprobs
@@ -100,6 +101,12 @@ class TrainerConfig:
     """A registered env id, or ``"module:Class"``."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments of the env (the train split is always used)."""
+    rewards: list[dict[str, Any]] | None = None
+    """Reward terms that add to, reweight or replace the env's own (a judge, confidence,
+    self-evaluation, shaping, the env's terms by name), e.g. ``[{kind: confidence},
+    {kind: env, name: correct, weight: 0}]``; see :mod:`agentgym.rewards.config`. A
+    ``self_evaluation`` term without an endpoint asks the policy being trained. None: the env's
+    rubric as is."""
     engine: str = "hf"
     """``"hf"`` (embedded, shared weights), ``"vllm"`` (a local vLLM server: LoRA adapters
     hot-loaded, or full weights reloaded in place when ``lora`` is false) or
@@ -250,11 +257,24 @@ def load_trainee(config: TrainerConfig) -> tuple[torch.nn.Module, PreTrainedToke
                       gradient_checkpointing=config.gradient_checkpointing)
 
 
-def make_env_factory(env_id: str, env_kwargs: dict[str, Any]) -> Callable[[], agentgym.AgentEnv]:
-    """A zero-argument env factory for the train split (a registered id or ``module:Class``)."""
+def make_env_factory(env_id: str, env_kwargs: dict[str, Any],
+                     rewards: list[dict[str, Any]] | None = None,
+                     policy: Policy | None = None) -> Callable[[], agentgym.AgentEnv]:
+    """A zero-argument env factory for the train split (a registered id or ``module:Class``).
+
+    ``rewards`` (a ``rewards:`` list) is validated now and shared by every env the factory
+    makes (one set of judges); ``policy`` is the one its ``self_evaluation`` terms ask."""
+    if rewards is not None:
+        config = RewardsConfig(rewards)
+        if policy is not None:
+            config.bind_policy(policy)
+        env_kwargs = {**env_kwargs, "rewards": config}
     if "/" not in env_id and ":" in env_id:
         cls = _load(env_id)
-        return lambda: cls(split="train", **env_kwargs)
+        kwargs = {k: v for k, v in env_kwargs.items() if k != "rewards"}
+        if "rewards" in env_kwargs:
+            return lambda: attach_rewards(cls(split="train", **kwargs), env_kwargs["rewards"])
+        return lambda: cls(split="train", **kwargs)
     agentgym.spec(env_id)  # fail early, with suggestions, on a typo
     return lambda: agentgym.make(env_id, split="train", **env_kwargs)
 
@@ -273,10 +293,11 @@ def make_rollout_engine(config: TrainerConfig, policy: Policy, group_size: int) 
         from agentgym.ray_rollout import RaySettings, ray_rollout_engine
 
         return ray_rollout_engine(
-            make_env_factory(config.env_id, config.env_kwargs), policy,
+            make_env_factory(config.env_id, config.env_kwargs, config.rewards), policy,
             RolloutConfig(group_size=group_size, max_concurrent=config.max_concurrent,
                           on_infra_error="resample"), RaySettings.from_dict(config.ray))
-    return RolloutEngine(make_env_factory(config.env_id, config.env_kwargs), policy,
+    return RolloutEngine(make_env_factory(config.env_id, config.env_kwargs, config.rewards,
+                                          policy), policy,
                          RolloutConfig(group_size=group_size,
                                        max_concurrent=config.max_concurrent))
 
