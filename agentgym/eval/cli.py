@@ -22,6 +22,7 @@ from rich.table import Table
 
 from agentgym.errors import AgentGymError
 from agentgym.plots import plot_reward_curve
+from agentgym.rewards.config import load_rewards_file
 
 __all__ = ["app", "eval_command", "leaderboard_command", "plot_command", "register_commands"]
 
@@ -151,6 +152,9 @@ def eval_command(
     env_kwargs: Annotated[str | None, typer.Option(
         help='env arguments as a JSON object, e.g. \'{"base_url": "http://127.0.0.1:8001"}\' '
              "for agentgym/OpenEnv-v0")] = None,
+    rewards: Annotated[Path | None, typer.Option(
+        help="a YAML file of reward terms (a list, or a 'rewards:' key) that add to, reweight "
+             "or replace the env's own: judges, confidence, shaping, env terms by name")] = None,
 ) -> None:
     """Evaluate a model on an environment: N tasks x K rollouts, results on disk, a summary."""
     from agentgym.eval.evaluation import evaluate
@@ -163,6 +167,9 @@ def eval_command(
             raise _fail(ValueError(f"the environment variable {api_key_env} is not set"))
     bar = _Bar(f"{env_id} · {Path(model).name if Path(model).is_absolute() else model}")
     try:
+        arguments = json_object(env_kwargs, "--env-kwargs")
+        if rewards is not None:
+            arguments["rewards"] = load_rewards_file(rewards)
         result = evaluate(
             env_id, model, base_url=base_url, api_key=api_key, engine=engine, out=out,
             resume=resume, token_ids=token_ids, on_progress=bar, num_examples=num_examples,
@@ -171,7 +178,7 @@ def eval_command(
             seed=seed, pass_threshold=pass_threshold, turn_timeout_s=turn_timeout,
             episode_timeout_s=episode_timeout,
             ray=RaySettings(ray_address, ray_workers) if ray_workers else None,
-            env_kwargs=json_object(env_kwargs, "--env-kwargs"))
+            env_kwargs=arguments)
     except (AgentGymError, ValueError, FileNotFoundError, ImportError) as exc:
         bar.stop()
         raise _fail(exc) from None
