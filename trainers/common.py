@@ -46,6 +46,7 @@ from rich.progress import Progress as RichProgress
 
 import agentgym
 from agentgym.errors import TokenizationDriftError
+from agentgym.mixture import env_breakdown, task_probabilities
 from agentgym.policies.devices import (
     autocast,
     module_device,
@@ -464,6 +465,9 @@ class TrainingSession(Generic[ConfigT]):
     """The last step already done (the resumed checkpoint's step, 0 for a new run)."""
     task_ids: list[str] = field(default_factory=list)
     """Ids of the train split's tasks, in the env's order."""
+    task_weights: list[float] | None = None
+    """Draw probability of each of ``task_ids`` (a mixture of envs weights them,
+    :mod:`agentgym.mixture`); None: uniform."""
     world: World = SINGLE
     """The training processes (several under torchrun; see distributed.py)."""
     resampled_before: int = 0
@@ -587,7 +591,8 @@ async def open_session(config: ConfigT, resume: str | Path | None, model: torch.
     engine = make_rollout_engine(config, policy, group_size)
     return TrainingSession(config, run, model, tokenizer, optimizer, scheduler, task_rng, policy,
                            sync, engine, close_policy, ref=ref, heads=heads, start=start,
-                           task_ids=[t.id for t in engine.tasks], world=world)
+                           task_ids=[t.id for t in engine.tasks],
+                           task_weights=task_probabilities(engine.tasks), world=world)
 
 
 async def run_steps(session: TrainingSession[ConfigT],
@@ -651,6 +656,7 @@ def step_metrics(groups: list[Group], stats: dict[str, float], timings: dict[str
         **{f"reward/{k}": float(np.mean(v)) for k, v in components.items()},
         **stats, **counts,
         **{f"time/{k}": round(v, 3) for k, v in timings.items()},
+        **env_breakdown([t for g in groups for t in g.trajectories]),  # a mixture: per env
     }
 
 

@@ -173,7 +173,7 @@ def draw_tasks(s: TrainingSession[DPOConfig]) -> list[str]:
     """The next online step's task ids (without replacement while the split has enough)."""
     n = len(s.task_ids)
     drawn = s.task_rng.choice(n, size=s.config.tasks_per_step,
-                              replace=s.config.tasks_per_step > n)
+                              replace=s.config.tasks_per_step > n, p=s.task_weights)
     return [s.task_ids[int(i)] for i in drawn]
 
 

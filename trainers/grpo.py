@@ -221,8 +221,13 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
 
 
 def draw_tasks(s: TrainingSession[GRPOConfig]) -> list[str]:
-    """The next step's ``tasks_per_step`` task ids, from the session's task RNG."""
-    drawn = s.task_rng.integers(len(s.task_ids), size=s.config.tasks_per_step)
+    """The next step's ``tasks_per_step`` task ids, from the session's task RNG (by the tasks'
+    weights for a mixture of envs)."""
+    if s.task_weights is not None:
+        drawn = s.task_rng.choice(len(s.task_ids), size=s.config.tasks_per_step,
+                                  p=s.task_weights)
+    else:
+        drawn = s.task_rng.integers(len(s.task_ids), size=s.config.tasks_per_step)
     return [s.task_ids[int(i)] for i in drawn]
 
 
