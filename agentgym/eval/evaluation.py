@@ -53,7 +53,7 @@ from agentgym.eval.runs import (
     result_row,
     write_metadata,
 )
-from agentgym.eval.stats import summarize
+from agentgym.eval.stats import summarize, summarize_by_env
 from agentgym.policy import Policy, SamplingParams
 from agentgym.registry import env_class, make, spec
 from agentgym.rollout import Group, RolloutConfig, RolloutEngine
@@ -424,6 +424,8 @@ async def _evaluate(env_id: str, model: str, engine: str | None,
                                       errors=sum(r.get("error") is not None for r in rows))
             write_metadata(run_dir, metadata)
     summary = summarize(rows, k_max=k)
+    if by_env := summarize_by_env(rows, k_max=k):  # a mixture of envs: each one's numbers
+        summary["by_env"] = by_env
     summary["wall_time_s"] = metadata["wall_time_s"]
     metadata.update(status="finished", finished_at=_now(), summary=summary)
     write_metadata(run_dir, metadata)

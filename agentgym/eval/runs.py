@@ -177,7 +177,7 @@ def result_row(trajectory: Trajectory, sample_index: int, latency_s: float | Non
     reward = None if error is not None or trajectory.reward is None else float(trajectory.reward)
     return {
         "schema_version": RESULT_SCHEMA_VERSION,
-        "task_id": trajectory.task_id, "sample_index": sample_index,
+        "task_id": trajectory.task_id, "env_id": trajectory.env_id, "sample_index": sample_index,
         "reward": reward, "reward_components": jsonable(dict(trajectory.reward_components)),
         "passed": None if reward is None else reward >= pass_threshold,
         "turns": len(trajectory.turns), "tool_calls": len(calls), "invalid_tool_calls": invalid,

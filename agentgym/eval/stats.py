@@ -25,7 +25,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["mean_ci", "pass_at_k", "pass_hat_k", "summarize", "t_quantile_975"]
+__all__ = ["mean_ci", "pass_at_k", "pass_hat_k", "summarize", "summarize_by_env",
+           "t_quantile_975"]
 
 # Two-sided 95 % Student-t quantiles (t_{0.975, df}) for df = 1..30.
 _T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
@@ -170,3 +171,15 @@ def summarize(rows: Sequence[Mapping[str, Any]], k_max: int | None = None) -> di
         "tokens_per_rollout": (prompt + completion) / n if n else math.nan,
         "latency_mean_s": math.fsum(latencies) / len(latencies) if latencies else math.nan,
     }
+
+
+def summarize_by_env(rows: Sequence[Mapping[str, Any]],
+                     k_max: int | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`summarize` per ``env_id`` of the rows, for a run over a mixture of envs
+    (:mod:`agentgym.mixture`); ``{}`` when the rows come from one env."""
+    by_env: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_env.setdefault(str(row.get("env_id")), []).append(row)
+    if len(by_env) < 2:
+        return {}
+    return {env: summarize(env_rows, k_max) for env, env_rows in sorted(by_env.items())}
