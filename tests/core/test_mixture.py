@@ -196,3 +196,19 @@ def test_member_kwargs_and_common_kwargs():
         assert env.member(SUMS).max_turns == 3 and env.member(WORDS).max_turns == 5
     finally:
         env.close()
+
+
+def test_eval_on_a_mixture_reports_each_env(tmp_path):
+    from agentgym.eval.evaluation import evaluate
+
+    agentgym.register("tests/Mixture-v0", "agentgym.mixture:MixtureEnv")
+    policy = FakePolicy(responder=lambda messages, tools: "please")
+    result = evaluate("tests/Mixture-v0", "fake", policy=policy, out=tmp_path, num_examples=12,
+                      env_kwargs={"envs": {SUMS: 1, WORDS: 1}})
+    rows = result.rows
+    assert len(rows) == 12 and {r["env_id"] for r in rows} == {SUMS, WORDS}
+    by_env = result.summary["by_env"]
+    assert set(by_env) == {SUMS, WORDS}
+    assert sum(s["rollouts"] for s in by_env.values()) == 12
+    assert by_env[WORDS]["mean_reward"] == 0.0  # "please" is never the shouted word
+    assert result.metadata["summary"]["by_env"][SUMS]["tasks"] == by_env[SUMS]["tasks"]
