@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from gates import TRAIN_INSTALL, has_module, require
 
 import agentgym
 from agentgym.errors import UnknownEnvError
@@ -212,3 +213,44 @@ def test_eval_on_a_mixture_reports_each_env(tmp_path):
     assert sum(s["rollouts"] for s in by_env.values()) == 12
     assert by_env[WORDS]["mean_reward"] == 0.0  # "please" is never the shouted word
     assert result.metadata["summary"]["by_env"][SUMS]["tasks"] == by_env[SUMS]["tasks"]
+
+
+DIGITS = "tests/MixDigits-v0"
+agentgym.register(DIGITS, "agentgym.trainers.smoke:DigitEnv")
+
+
+def test_grpo_trains_on_a_mixture_with_weighted_draws_and_per_env_metrics(tmp_path):
+    """``agentgym train`` on a mixture: GRPO draws tasks by the env weights and writes each
+    env's reward and components into the metrics rows (tiny model, two steps)."""
+    require(has_module("torch") and has_module("transformers"), f"no torch ({TRAIN_INSTALL})")
+    from types import SimpleNamespace
+
+    from agentgym.trainers.config import load_config
+    from agentgym.trainers.grpo import GRPOConfig, draw_tasks, train
+    from agentgym.trainers.runs import RunDir
+
+    env = MixtureEnv(envs={DIGITS: 9, SUMS: 1})
+    try:
+        session = SimpleNamespace(task_rng=np.random.default_rng(0),
+                                  task_ids=[t.id for t in env.tasks],
+                                  task_weights=task_probabilities(env.tasks),
+                                  config=SimpleNamespace(tasks_per_step=2000))
+    finally:
+        env.close()
+    drawn = draw_tasks(session)
+    assert 0.87 < sum(t.startswith(DIGITS) for t in drawn) / len(drawn) < 0.93
+
+    agentgym.register("tests/Mixture-v0", "agentgym.mixture:MixtureEnv")
+    config = load_config(GRPOConfig, "trainers/configs/smoke.yaml", {
+        "env_id": "tests/Mixture-v0", "env_kwargs": {"envs": {DIGITS: 1, SUMS: 1}},
+        "max_steps": 2, "tasks_per_step": 6, "num_generations": 2, "save_steps": 2,
+        "output_dir": str(tmp_path), "run_name": "mix", "report_to": []})
+    rows = RunDir(train(config)).metrics()
+    assert [r["step"] for r in rows] == [1, 2]
+    keys = {k for r in rows for k in r}
+    for member, component in ((DIGITS, "digit_share"), (SUMS, "correct")):
+        assert {f"env/{member}/episodes", f"env/{member}/reward_mean",
+                f"env/{member}/reward/{component}"} <= keys
+    for row in rows:
+        episodes = sum(v for k, v in row.items() if k.endswith("/episodes"))
+        assert episodes in (0, 12)  # every episode counted once (0: the step drew one env)

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tests.gates import require_module
+from gates import require_module
 
 require_module("mcp", "pip install '.[interop]'")
 
