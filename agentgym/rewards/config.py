@@ -86,7 +86,8 @@ from agentgym.rewards.verbal import (
 from agentgym.types import Task, Trajectory
 
 __all__ = ["KINDS", "ConfiguredRubric", "Endpoint", "RewardsConfig", "ShapingSplit", "TermSpec",
-           "attach_rewards", "load_rewards_file", "split_shaping"]
+           "attach_rewards", "judge_client", "load_rewards_file", "shared_client",
+           "split_shaping"]
 
 _COMMON = ("kind", "name", "weight")
 _ENDPOINT = ("base_url", "model", "api_key_env", "engine", "max_concurrent", "timeout_s",
@@ -232,6 +233,36 @@ def _endpoint(where: str, item: Mapping[str, Any], required: bool) -> Endpoint |
         raise ValueError(f"{where}: max_retries and cache_size must be >= 0")
     return Endpoint(base_url=base_url, model=str(item.get("model", "judge")),
                     api_key_env=key_env, engine=engine, **numbers)  # type: ignore[arg-type]
+
+
+_judges: weakref.WeakValueDictionary[Endpoint, JudgeClient] = weakref.WeakValueDictionary()
+
+
+def shared_client(endpoint: Endpoint) -> JudgeClient:
+    """The judge client of ``endpoint``, one per process while anybody holds it: every env and
+    term on the same endpoint shares its concurrency bound and cache."""
+    client = _judges.get(endpoint)
+    if client is None:
+        client = _judges[endpoint] = endpoint.client()
+    return client
+
+
+def judge_client(settings: Mapping[str, Any], where: str = "judge") -> JudgeClient:
+    """The shared judge client of an endpoint given as the keys of a judge term
+    (``{base_url, model, api_key_env}`` or ``{engine: hf}``, ``max_concurrent``...).
+
+    Raises:
+        ValueError: an unknown key (with the closest one) or a missing endpoint.
+    """
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"{where}: expected a mapping like {{base_url: ..., model: ...}}")
+    for key in settings:
+        if key not in _ENDPOINT:
+            raise ValueError(f"{where}: unknown key {key!r}{_closest(key, _ENDPOINT)}; "
+                             f"a judge endpoint takes {', '.join(_ENDPOINT)}")
+    endpoint = _endpoint(where, settings, True)
+    assert endpoint is not None
+    return shared_client(endpoint)
 
 
 def _criteria(where: str, key: str, value: Any) -> list[Criterion]:
@@ -390,7 +421,7 @@ class RewardsConfig:
         """The judge client of ``term`` (built on first use)."""
         if term.name not in self._clients:
             if term.endpoint is not None:
-                self._clients[term.name] = term.endpoint.client()
+                self._clients[term.name] = shared_client(term.endpoint)
             elif self._policy is not None:
                 policy = self._policy
                 self._clients[term.name] = JudgeClient(lambda: policy, label="the policy")
@@ -401,10 +432,11 @@ class RewardsConfig:
                     "policy it trains)")
         return self._clients[term.name]
 
-    def check_env(self, env: AgentEnv) -> None:
-        """Raise ValueError if the list names env terms ``env`` lacks, or needs a judged reward
-        it does not offer."""
-        own = [r.name for r in (*env.rubric.rewards, *env.rubric.group_rewards)]
+    def check_env(self, env: AgentEnv, base: Rubric) -> None:
+        """Raise ValueError if the list names terms that ``env`` (whose own rubric is ``base``)
+        lacks, or needs a judged reward it does not offer; then build the rubric once, so a
+        potential that does not import fails here."""
+        own = [r.name for r in (*base.rewards, *base.group_rewards)]
         for term in self.terms:
             if term.kind == "env" and term.name != "*" and term.name not in own:
                 raise ValueError(f"rewards: {env.env_id} has no reward term {term.name!r}"
@@ -413,6 +445,7 @@ class RewardsConfig:
                     and "criteria" not in term.options and not hasattr(env, "judge_reward"):
                 raise ValueError(f"rewards: judge term {term.name!r} needs rubric: or "
                                  f"constitution: ({env.env_id} has no judged reward of its own)")
+        self.rubric_for(base, env)
 
     def rubric_for(self, base: Rubric, env: AgentEnv) -> ConfiguredRubric:
         """``env``'s rubric ``base`` with this config's rules and terms applied."""
@@ -619,13 +652,13 @@ def attach_rewards(env: AgentEnv, rewards: RewardsConfig | Sequence[Mapping[str,
     cls = type(env)
     if cls in _configured_classes.values():
         cls = cls.__mro__[1]
-    env.__class__ = _configured_class(cls)
-    env.rewards_config = config  # type: ignore[attr-defined]
     try:
-        config.check_env(env)
+        config.check_env(env, super(cls, env).rubric if cls is not type(env) else env.rubric)
     except ValueError:
         env.close()
         raise
+    env.__class__ = _configured_class(cls)
+    env.rewards_config = config  # type: ignore[attr-defined]
     return env
 
 
@@ -643,7 +676,9 @@ def load_rewards_file(path: str | Path) -> list[dict[str, Any]]:
     data = yaml.safe_load(text)
     if isinstance(data, Mapping):
         if "rewards" not in data:
-            raise ValueError(f"{path}: no 'rewards' key{_closest('rewards', list(data))}")
+            close = difflib.get_close_matches("rewards", [str(k) for k in data], n=1)
+            typo = f" (is {close[0]!r} a typo of 'rewards'?)" if close else ""
+            raise ValueError(f"{path}: no 'rewards' key{typo}")
         data = data["rewards"]
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of reward terms (or a 'rewards:' key)")
