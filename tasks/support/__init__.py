@@ -1,0 +1,1 @@
+"""agentgym/Support-v0: explain a back-office order record to a customer (a verbal reward)."""
