@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import threading
 from collections import deque
@@ -126,7 +127,10 @@ class HFEngine:
     def from_pretrained(cls, path: str | Path | None = None, *, device: str = "auto",
                         dtype: str = "auto", **kwargs: Any) -> HFEngine:
         """Load a local Hugging Face folder (None: the prepared default SmolLM2) onto ``device``
-        with its weights in ``dtype`` (``"auto"``: bfloat16 on CUDA, float32 elsewhere)."""
+        with its weights in ``dtype`` (``"auto"``: bfloat16 on CUDA, float32 elsewhere).
+
+        A LoRA adapter folder (a trained checkpoint's ``model/``, with ``adapter_config.json``)
+        is served as its base model with the adapter merged in (needs peft)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from agentgym.policies.devices import resolve_device, resolve_dtype
@@ -134,8 +138,16 @@ class HFEngine:
         folder = resolve_model(path)
         where = resolve_device(device)
         precision = resolve_dtype(dtype, where)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=precision).to(where)
+        adapter = folder / "adapter_config.json"
+        base = resolve_model(json.loads(adapter.read_text())["base_model_name_or_path"]) \
+            if adapter.exists() else folder
+        tokenizer = AutoTokenizer.from_pretrained(str(base))
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=precision)
+        if adapter.exists():
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        model.to(where)
         model.eval()
         return cls(model, tokenizer, dtype=precision, **kwargs)
 
