@@ -11,7 +11,7 @@ from rich.table import Table
 
 from agentgym import digests
 from agentgym.errors import AgentGymError
-from agentgym.eval.cli import register_commands
+from agentgym.eval.cli import json_object, register_commands
 from agentgym.policies.serve import prepare
 from agentgym.policies.serve import serve as run_server
 from agentgym.registry import env_class, list_envs
@@ -130,6 +130,29 @@ def serve(
     except AgentGymError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command("serve-env")
+def serve_env(
+    env_id: Annotated[str, typer.Argument(help="a registered id, e.g. agentgym/Calculator-v0")],
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8001,
+    env_kwargs: Annotated[str | None, typer.Option(
+        help='make() arguments as a JSON object, e.g. \'{"split": "eval"}\'')] = None,
+    max_sessions: Annotated[int, typer.Option(help="concurrent sessions (episodes)")] = 64,
+    session_timeout: Annotated[float, typer.Option(
+        help="seconds before an idle session is closed (0: never)")] = 600.0,
+) -> None:
+    """Serve an environment over HTTP in OpenEnv's protocol (reset / step / state, /ws) until
+    Ctrl-C. Needs the interop extra (openenv-core)."""
+    try:
+        from agentgym.interop.openenv_server import serve_env as run_env_server
+
+        run_env_server(env_id, json_object(env_kwargs, "--env-kwargs"), host=host, port=port,
+                       max_sessions=max_sessions, session_timeout_s=session_timeout or None)
+    except (ValueError, ImportError, AgentGymError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
