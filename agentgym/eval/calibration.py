@@ -84,11 +84,11 @@ def confidence_pairs(rows: Sequence[Mapping[str, Any]], confidence_key: str,
 
 
 def calibration_summary(rows: Sequence[Mapping[str, Any]], confidence_key: str = "confidence",
-                        correct_key: str = "correct", bins: int = 10,
-                        resamples: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+                        correct_key: str = "correct", bins: int = 10, resamples: int = 1000,
+                        seed: int = 0, threshold: float = 1.0) -> dict[str, Any] | None:
     """Accuracy (Wilson 95 %) and ECE / Brier (bootstrap 95 %) of ``rows``; None when no row
     carries both the confidence and the correctness component."""
-    confidences, outcomes = confidence_pairs(rows, confidence_key, correct_key)
+    confidences, outcomes = confidence_pairs(rows, confidence_key, correct_key, threshold)
     if not confidences:
         return None
     metrics = calibration(confidences, outcomes, bins)

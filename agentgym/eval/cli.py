@@ -155,6 +155,12 @@ def eval_command(
     rewards: Annotated[Path | None, typer.Option(
         help="a YAML file of reward terms (a list, or a 'rewards:' key) that add to, reweight "
              "or replace the env's own: judges, confidence, shaping, env terms by name")] = None,
+    confidence_key: Annotated[str, typer.Option(
+        help="reward component read as the confidence for ECE and Brier (when rows carry it)")
+    ] = "confidence",
+    correct_key: Annotated[str, typer.Option(
+        help="reward component read as correctness (>= pass threshold) for calibration")
+    ] = "correct",
 ) -> None:
     """Evaluate a model on an environment: N tasks x K rollouts, results on disk, a summary."""
     from agentgym.eval.evaluation import evaluate
@@ -189,6 +195,28 @@ def eval_command(
         raise typer.Exit(130) from None
     bar.stop()
     print_summary(env_id, model, result.summary, result.run_dir)
+    print_accuracy(result.rows, confidence_key, correct_key, pass_threshold)
+
+
+def print_accuracy(rows: list[dict[str, Any]], confidence_key: str, correct_key: str,
+                   threshold: float = 1.0) -> None:
+    """Pass rate with its Wilson 95 % interval; ECE and Brier when rows carry a confidence."""
+    from agentgym.eval.calibration import calibration_summary, wilson_interval
+
+    passed = [bool(r["passed"]) for r in rows if r.get("passed") is not None]
+    if passed:
+        low, high = wilson_interval(sum(passed), len(passed))
+        _out.print(f"pass rate {sum(passed)}/{len(passed)} = {sum(passed) / len(passed):.3f} "
+                   f"(Wilson 95% CI {low:.3f}-{high:.3f})")
+    calib = calibration_summary(rows, confidence_key, correct_key, threshold=threshold)
+    if calib is not None:
+        (alow, ahigh), (elow, ehigh), (blow, bhigh) = (
+            calib["accuracy_ci95"], calib["ece_ci95"], calib["brier_ci95"])
+        _out.print(f"calibration ({confidence_key} vs {correct_key}, n={calib['n']}): accuracy "
+                   f"{calib['accuracy']:.3f} ({alow:.3f}-{ahigh:.3f}), mean confidence "
+                   f"{calib['mean_confidence']:.3f}, ECE {calib['ece']:.3f} ({elow:.3f}-"
+                   f"{ehigh:.3f}), Brier {calib['brier']:.3f} ({blow:.3f}-{bhigh:.3f}); "
+                   "95% CIs: Wilson, bootstrap")
 
 
 def leaderboard_command(
