@@ -41,16 +41,12 @@ deadline per call, one call per distinct prompt. A :class:`RewardsConfig` builds
 every env made with it shares them (``make`` with the same list reuses one config while envs
 hold it). A failed judge is an error on the trajectory, never a 0.
 
-**Per-turn shaping** (for learners that place rewards per turn, like PPO): a shaping term adds
-``weight * sum_t gamma^t F_t`` to the trajectory's ``reward`` (what an episode-level learner
-such as GRPO uses) and records in ``Trajectory.reward_components``:
-
-* ``"<name>"``: ``sum_t gamma^t F_t`` (unweighted, like every component);
-* ``"<name>@turn<t>"``: ``weight * F_t``, the term's reward at turn ``t`` (0-based);
-* ``"<name>@total"``: ``weight * sum_t gamma^t F_t``, what it added to ``reward``.
-
-:func:`split_shaping` reads them back: the episode reward without shaping, and the shaping
-reward of each turn, to add at that turn's last policy token.
+**Per-turn shaping**: a ``shaping`` term is exactly
+``Reward(name, potential_shaping(Phi, gamma), weight)`` (:mod:`agentgym.rewards.shaping`), the
+object an env author would write. Its value, ``sum_t gamma^t F_t``, counts in the episode reward
+for episode-level learners (GRPO), and whatever per-turn record the rubric keeps of
+potential-based shaping for per-turn learners (PPO's token-level rewards, ``F_t`` at turn t's
+last policy token) it keeps for configured terms too: there is one mechanism, not two.
 """
 
 from __future__ import annotations
@@ -61,7 +57,6 @@ import importlib
 import json
 import math
 import os
-import re
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,11 +64,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agentgym.env import AgentEnv
-from agentgym.errors import AgentGymError, RewardError
+from agentgym.errors import RewardError
 from agentgym.policy import Policy, SamplingParams
-from agentgym.rewards.rubric import GroupReward, Reward, RewardFn, Rubric, Score
+from agentgym.rewards.rubric import GroupReward, Reward, RewardFn, Rubric
 from agentgym.rewards.self_feedback import SelfEvaluation, answer_confidence
-from agentgym.rewards.shaping import Potential, shaping_terms
+from agentgym.rewards.shaping import Potential, potential_shaping
 from agentgym.rewards.verbal import (
     Criterion,
     JudgeClient,
@@ -85,9 +80,8 @@ from agentgym.rewards.verbal import (
 )
 from agentgym.types import Task, Trajectory
 
-__all__ = ["KINDS", "ConfiguredRubric", "Endpoint", "RewardsConfig", "ShapingSplit", "TermSpec",
-           "attach_rewards", "judge_client", "load_rewards_file", "shared_client",
-           "split_shaping"]
+__all__ = ["KINDS", "Endpoint", "RewardsConfig", "TermSpec", "attach_rewards", "judge_client",
+           "load_rewards_file", "shared_client"]
 
 _COMMON = ("kind", "name", "weight")
 _ENDPOINT = ("base_url", "model", "api_key_env", "engine", "max_concurrent", "timeout_s",
@@ -101,8 +95,6 @@ KINDS: dict[str, tuple[str, ...]] = {
     "env": (*_COMMON, "drop"),
 }
 """Every term kind and the keys it accepts."""
-
-_TURN_KEY = re.compile(r"^(?P<name>.+)@turn(?P<turn>\d+)$")
 
 
 def _closest(word: Any, choices: Sequence[str]) -> str:
@@ -447,7 +439,7 @@ class RewardsConfig:
                                  f"constitution: ({env.env_id} has no judged reward of its own)")
         self.rubric_for(base, env)
 
-    def rubric_for(self, base: Rubric, env: AgentEnv) -> ConfiguredRubric:
+    def rubric_for(self, base: Rubric, env: AgentEnv) -> Rubric:
         """``env``'s rubric ``base`` with this config's rules and terms applied."""
         configured = {t.name: t for t in self.terms if t.kind != "env"}
         rules = {t.name: t for t in self.terms if t.kind == "env"}
@@ -458,18 +450,15 @@ class RewardsConfig:
                 continue
             kept.append(reward if rule is None or rule.weight is None
                         else dataclasses.replace(reward, weight=rule.weight))
-        shaping = []
         for term in configured.values():
-            if term.kind == "shaping":
-                shaping.append(_Shaping(term.name, term.weight or 0.0, self._potential(term),
-                                        term.options["gamma"]))
-            else:
-                kept.append(Reward(term.name, self._reward(term, env), term.weight or 0.0))
-        return ConfiguredRubric(kept, shaping)
+            kept.append(Reward(term.name, self._reward(term, env), term.weight or 0.0))
+        return Rubric(kept)
 
     def _reward(self, term: TermSpec, env: AgentEnv) -> RewardFn:
         if term.kind == "confidence":
             return answer_confidence
+        if term.kind == "shaping":
+            return potential_shaping(self._potential(term), term.options["gamma"])
         if term.kind == "judge" and "rubric" not in term.options \
                 and "criteria" not in term.options:
             return env.judge_reward(self.client(term))  # type: ignore[attr-defined]
@@ -530,89 +519,6 @@ def _import(target: str) -> Callable[..., Any]:
     if not callable(function):
         raise ValueError(f"rewards: the potential {target!r} is not callable")
     return function
-
-
-# --- the rubric with shaping ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Shaping:
-    name: str
-    weight: float
-    potential: Potential
-    gamma: float
-
-
-class ConfiguredRubric(Rubric):
-    """A :class:`Rubric` plus potential-based shaping terms recorded per turn (module docs).
-
-    Args:
-        rewards: the ordinary components.
-        shaping: the shaping terms.
-    """
-
-    def __init__(self, rewards: Sequence[Reward | GroupReward], shaping: Sequence[_Shaping] = ()):
-        if not rewards and shaping:
-            raise ValueError("rewards: shaping alone is not a reward; keep an env term or add one")
-        super().__init__(rewards)
-        self.shaping = tuple(shaping)
-
-    async def score(self, trajectory: Trajectory, task: Task) -> Score:
-        score = await super().score(trajectory, task)
-        components, total = dict(score.components), score.reward
-        for term in self.shaping:
-            try:
-                terms = await shaping_terms(trajectory, task, term.potential, term.gamma)
-            except RewardError:
-                raise
-            except AgentGymError as exc:
-                raise RewardError(f"shaping {term.name!r} failed: {type(exc).__name__}: {exc}"
-                                  ) from exc
-            except Exception as exc:
-                raise RewardError(f"shaping {term.name!r} raised {type(exc).__name__}: {exc}"
-                                  ) from exc
-            value = sum(term.gamma ** t * f for t, f in enumerate(terms))
-            if not all(math.isfinite(f) for f in terms):
-                raise RewardError(f"shaping {term.name!r} gave a non-finite term: {terms}")
-            components[term.name] = value
-            components.update({f"{term.name}@turn{t}": term.weight * f
-                               for t, f in enumerate(terms)})
-            components[f"{term.name}@total"] = term.weight * value
-            total += term.weight * value
-        return Score(reward=float(total), components=components)
-
-
-@dataclass(frozen=True)
-class ShapingSplit:
-    """A trajectory's reward split for a per-turn learner.
-
-    Attributes:
-        episode_reward: the reward without any shaping term (placed at the episode's end).
-        turn_rewards: per turn, the weighted shaping rewards of every shaping term (placed at
-            that turn's last policy token); empty when there is no shaping.
-    """
-
-    episode_reward: float
-    turn_rewards: tuple[float, ...] = ()
-
-
-def split_shaping(trajectory: Trajectory) -> ShapingSplit:
-    """Read the per-turn shaping that :class:`ConfiguredRubric` recorded (module docs).
-
-    Raises:
-        ValueError: the trajectory has no reward (it failed or was never scored).
-    """
-    if trajectory.reward is None or math.isnan(trajectory.reward):
-        raise ValueError(f"{trajectory.task_id}: an unscored trajectory has no reward to split")
-    components = trajectory.reward_components
-    added = sum(v for k, v in components.items() if k.endswith("@total"))
-    turns: dict[int, float] = {}
-    for key, value in components.items():
-        match = _TURN_KEY.match(key)
-        if match:
-            turn = int(match.group("turn"))
-            turns[turn] = turns.get(turn, 0.0) + value
-    per_turn = tuple(turns.get(t, 0.0) for t in range(max(turns) + 1)) if turns else ()
-    return ShapingSplit(trajectory.reward - added, per_turn)
 
 
 # --- attaching to an env --------------------------------------------------------------------
