@@ -88,7 +88,7 @@ class MixtureEnv(AgentEnv):
                               for e in self.weights}
         self.seed = seed
         self._members: dict[str, AgentEnv] = {}
-        self._sources: dict[str, tuple[str, str]] = {}
+        self._sources: dict[str, tuple[str, Task]] = {}
         self._current: AgentEnv | None = None
         super().__init__(split=split, env_id=env_id)
 
@@ -111,7 +111,7 @@ class MixtureEnv(AgentEnv):
             probability = weight / (total * len(member_tasks))
             for task in member_tasks:
                 mixture_id = f"{env_id}{SEPARATOR}{task.id}"
-                self._sources[mixture_id] = (env_id, task.id)
+                self._sources[mixture_id] = (env_id, task)
                 tasks.append(dataclasses.replace(task, id=mixture_id, metadata={
                     **task.metadata, "mixture": {"env_id": env_id, "task_id": task.id,
                                                  "probability": probability}}))
@@ -125,11 +125,10 @@ class MixtureEnv(AgentEnv):
         """(member env, member task) behind the mixture task ``task_id``."""
         self.tasks  # noqa: B018 -- loading the tasks fills the id map
         try:
-            env_id, member_task_id = self._sources[task_id]
+            env_id, member_task = self._sources[task_id]
         except KeyError:
             raise KeyError(f"{self.env_id} ({self.split}) has no task {task_id!r}") from None
-        member = self.member(env_id)
-        return member, next(t for t in member.tasks if t.id == member_task_id)
+        return self.member(env_id), member_task
 
     def _all_tools(self) -> list[Tool]:
         return []  # every episode offers its member's tools, and only those
