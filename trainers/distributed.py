@@ -117,6 +117,23 @@ class World:
         return {k: type(values[k])(round(v) if isinstance(values[k], int) else v)
                 for k, v in zip(keys, total.tolist(), strict=True)}
 
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed element-wise over the ranks (a new tensor on ``tensor``'s device;
+        ``tensor`` itself in one process). Every rank passes the same shape and dtype."""
+        if self.world_size == 1:
+            return tensor
+        total = tensor.to(self.device, copy=True)
+        dist.all_reduce(total)
+        return total.to(tensor.device)
+
+    def offset(self, count: int) -> tuple[int, int]:
+        """(this rank's first global index, the global total) when each rank holds ``count``
+        consecutive items of a batch concatenated in rank order."""
+        if self.world_size == 1:
+            return 0, count
+        counts = self.gather([count])
+        return sum(counts[: self.rank]), sum(counts)
+
     def broadcast(self, obj: T) -> T:
         """Rank 0's ``obj`` (picklable) on every rank."""
         if self.world_size == 1:

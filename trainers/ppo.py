@@ -12,7 +12,11 @@ one step:
    with ``kl_coef > 0`` a pass of the reference policy pi_ref gives its logprobs;
 3. per-token rewards (the RLHF objective ``r - beta * log(pi / pi_ref)``):
    ``r_t = -kl_coef * KL_t`` on every policy token, plus the episode reward on the episode's last
-   policy token (``KL_t = log pi_old - log pi_ref`` with the default ``k1`` estimator);
+   policy token (``KL_t = log pi_old - log pi_ref`` with the default ``k1`` estimator), plus
+   each turn's own reward terms on that turn's last policy token: the potential-based shaping
+   ``F_k = gamma_s * Phi(s_{k+1}) - Phi(s_k)`` of turn k (weighted, as the trajectory's
+   ``turn_rewards`` records them; see ``agentgym.rewards.shaping``), which the episode reward
+   then excludes, so shaping gives credit where the turn ends instead of at the episode's end;
 4. GAE(gamma, lam) over the policy tokens only, returns ``R_t = A_t + V_t``; advantages whitened
    over the batch's policy tokens;
 5. ``num_ppo_epochs`` passes over the batch, each in ``num_mini_batches`` shuffled minibatches of
@@ -41,6 +45,13 @@ Deviations from the paper and the RLHF recipe:
   mismatch, uncorrected;
 * advantages are whitened once per step over the whole batch (TRL), not per minibatch;
 * the sampling temperature divides the trainer's logits (as in GRPO and TRL).
+
+Several processes (``torchrun`` / ``accelerate launch``; see ``trainers/distributed.py``): every
+rank draws the same tasks and plays its contiguous share of them; whitening (rewards,
+advantages) uses the whole batch's moments, the minibatches are the single process's (one
+shuffle of the global rows, each rank training the rows it holds), each minibatch's loss is
+normalised by its global policy tokens and the gradients of the policy and the value head are
+summed over ranks before clipping, so a step is the single-process step on the same batch.
 Precision and memory (``device``, ``dtype``, ``gradient_checkpointing``, ``micro_batch_tokens``,
 ``logprob_chunk_tokens``; none of them changes the numbers beyond float rounding): forward
 passes autocast to the compute dtype on the model's device while trained weights stay float32;
@@ -59,6 +70,7 @@ import torch
 
 from agentgym.policies.devices import module_device
 from agentgym.rollout import Group
+from agentgym.tokens import TokenSequence
 from agentgym.trainers.batch import Batch, head_logprobs, micro_slices, pack, response_hidden
 from agentgym.trainers.common import (
     ReferenceLogprobs,
@@ -72,6 +84,7 @@ from agentgym.trainers.common import (
     timed,
     to_sequences,
 )
+from agentgym.trainers.distributed import SINGLE, World, join_world
 from agentgym.trainers.losses import (
     KL_ESTIMATORS,
     clipped_policy_loss,
@@ -79,8 +92,10 @@ from agentgym.trainers.losses import (
     masked_mean,
     value_loss,
 )
+from agentgym.types import Trajectory
 
-__all__ = ["PPOConfig", "Targets", "forward", "prepare", "train", "update"]
+__all__ = ["PPOConfig", "Targets", "forward", "prepare", "token_rewards", "train",
+           "turn_ends", "turn_reward_tokens", "update"]
 
 
 @dataclass
@@ -180,42 +195,101 @@ def forward(model: torch.nn.Module, value_head: torch.nn.Module, batch: Batch, t
     return logp, values, entropy
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8) -> torch.Tensor:
-    """``(x - mean) / std`` over the masked entries (the mean is kept if not ``shift_mean``)."""
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
-    whitened = (values - mean) * torch.rsqrt(var + eps)  # [B, R]
+def masked_whiten(values: torch.Tensor | None, mask: torch.Tensor | None, shift_mean: bool = True,
+                  eps: float = 1e-8, world: World = SINGLE) -> torch.Tensor | None:
+    """``(x - mean) / std`` over the masked entries (the mean is kept if not ``shift_mean``).
+
+    With several ranks the moments are those of every rank's entries together; a rank without
+    rows passes None (and gets None) but joins the reductions."""
+    zero = torch.zeros(2, device=world.device)
+    moments = world.all_sum(zero if values is None else torch.stack(
+        [(values * mask).sum(), mask.sum()]))  # [2]: sum, count
+    count = moments[1].clamp(min=1)
+    mean = moments[0] / count
+    squares = world.all_sum(zero[:1] if values is None
+                            else ((values - mean) ** 2 * mask).sum().reshape(1))  # [1]
+    if values is None:
+        return None
+    whitened = (values - mean) * torch.rsqrt(squares[0] / count + eps)  # [B, R]
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask  # [B, R]
 
 
 def token_rewards(scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor,
-                  kl_coef: float) -> torch.Tensor:
-    """``-kl_coef * KL`` on every policy token, plus each episode's score on its last one.
+                  kl_coef: float, turn_rewards: torch.Tensor | None = None) -> torch.Tensor:
+    """``-kl_coef * KL`` on every policy token, plus each episode's score on its last one, plus
+    the per-turn terms (already placed on each turn's last policy token).
 
     Args:
-        scores: ``[B]`` episode rewards.
+        scores: ``[B]`` episode rewards (without the per-turn terms).
         mask: ``[B, R]`` 1 on policy tokens.
         kl: ``[B, R]`` per-token KL estimates.
+        turn_rewards: ``[B, R]`` from :func:`turn_reward_tokens`, or None.
     """
     positions = torch.arange(mask.shape[1], dtype=mask.dtype, device=mask.device)  # [R]
     last = (mask * positions).argmax(dim=1)  # [B]: each row's last policy token
     rewards = -kl_coef * kl * mask  # [B, R]
     rewards[torch.arange(mask.shape[0], device=mask.device), last] += scores
+    if turn_rewards is not None:
+        rewards = rewards + turn_rewards * mask  # [B, R]
     return rewards
+
+
+def turn_ends(sequence: TokenSequence, completion_lengths: list[int]) -> list[int]:
+    """Response positions of each turn's last policy token: turn k ends at the
+    ``(l_0 + ... + l_k)``-th policy token of ``sequence`` (``l_k``: its completion length)."""
+    policy_positions = [i for i, m in enumerate(sequence.loss_mask) if m]
+    ends, seen = [], 0
+    for length in completion_lengths:
+        seen += length
+        if length < 1 or seen > len(policy_positions):
+            raise ValueError(f"turn completion lengths {completion_lengths} do not fit the "
+                             f"sequence's {len(policy_positions)} policy tokens")
+        ends.append(policy_positions[seen - 1])
+    return ends
+
+
+def turn_reward_tokens(sequences: list[TokenSequence], trajectories: list[Trajectory],
+                       width: int, device: torch.device) -> torch.Tensor | None:
+    """``[B, R]``: each trajectory's ``turn_rewards[k]`` on turn k's last policy token, zeros
+    elsewhere; None when no trajectory has per-turn terms.
+
+    Raises:
+        ValueError: a trajectory has more per-turn terms than turns.
+    """
+    if not any(t.turn_rewards for t in trajectories):
+        return None
+    rows = [[0.0] * width for _ in sequences]
+    for row, sequence, trajectory in zip(rows, sequences, trajectories, strict=True):
+        terms = trajectory.turn_rewards
+        if len(terms) > len(trajectory.turns):
+            raise ValueError(f"trajectory {trajectory.task_id!r} has {len(terms)} per-turn "
+                             f"reward terms for {len(trajectory.turns)} turns")
+        lengths = [len(turn.completion_token_ids) for turn in trajectory.turns]
+        for position, term in zip(turn_ends(sequence, lengths), terms, strict=False):
+            row[position] += term
+    return torch.tensor(rows, dtype=torch.float32, device=device)  # [B, R]
 
 
 @torch.no_grad()
 def prepare(model: torch.nn.Module, value_head: torch.nn.Module, ref: ReferenceLogprobs | None,
-            batch: Batch, scores: torch.Tensor, config: PPOConfig) -> Targets:
+            batch: Batch | None, scores: torch.Tensor | None, config: PPOConfig,
+            world: World = SINGLE, turn_rewards: torch.Tensor | None = None) -> Targets | None:
     """pi_old, V_old, the KL-penalised token rewards, GAE advantages and returns of a batch.
 
     Args:
         ref: pi_ref's logprobs per micro-batch (``common.reference_logprobs``), or None.
-        scores: ``[B]`` episode rewards.
+        scores: ``[B]`` episode rewards (without the per-turn terms).
+        world: the training processes; ``batch`` is this rank's share (None: it has no rows,
+            and only joins the batch-wide whitening).
+        turn_rewards: ``[B, R]`` per-turn terms on the turns' last tokens, or None.
     """
+    if batch is None:
+        if config.whiten_rewards:
+            masked_whiten(None, None, shift_mean=False, world=world)
+        masked_whiten(None, None, world=world)
+        return None
     logps, values, refs = [], [], []
     for index in micro_slices(batch, config.micro_batch_size, config.micro_batch_tokens):
         mb = batch.select(index)
@@ -228,21 +302,28 @@ def prepare(model: torch.nn.Module, value_head: torch.nn.Module, ref: ReferenceL
     mask = batch.mask  # [B, R]
     old_logp, old_values = torch.cat(logps) * mask, torch.cat(values) * mask  # [B, R]
     kl = KL_ESTIMATORS[config.kl_estimator](old_logp, torch.cat(refs) * mask) * mask  # [B, R]
-    rewards = token_rewards(scores, mask, kl, config.kl_coef)  # [B, R]
+    rewards = token_rewards(scores, mask, kl, config.kl_coef, turn_rewards)  # [B, R]
     if config.whiten_rewards:
-        rewards = masked_whiten(rewards, mask, shift_mean=False)  # [B, R]
+        rewards = masked_whiten(rewards, mask, shift_mean=False, world=world)  # [B, R]
     advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)  # [B, R]
     return Targets(old_logp=old_logp, old_values=old_values, returns=returns, kl=kl,
-                   advantages=masked_whiten(advantages, mask))
+                   advantages=masked_whiten(advantages, mask, world=world))
 
 
-def minibatch_backward(model: torch.nn.Module, value_head: torch.nn.Module, batch: Batch,
-                       targets: Targets, config: PPOConfig) -> dict[str, float]:
-    """Accumulate the gradient of one minibatch's loss (token mean over its policy tokens)."""
-    tokens = float(batch.mask.sum().clamp(min=1))
+def minibatch_backward(model: torch.nn.Module, value_head: torch.nn.Module, batch: Batch | None,
+                       targets: Targets | None, config: PPOConfig,
+                       world: World = SINGLE) -> dict[str, float]:
+    """Accumulate the gradient of one minibatch's loss (token mean over its policy tokens).
+
+    With several ranks ``batch`` is this rank's rows of the minibatch (None: none), the mean is
+    over the whole minibatch's policy tokens, and the statistics are summed over ranks."""
+    local = int(batch.mask.sum()) if batch is not None else 0
+    tokens = float(max(world.sum({"tokens": local})["tokens"], 1))
     stats = dict.fromkeys(("loss", "policy_loss", "value_loss", "entropy", "clip_fraction",
                            "approx_kl"), 0.0)
-    for index in micro_slices(batch, config.micro_batch_size, config.micro_batch_tokens):
+    slices = [] if batch is None else micro_slices(batch, config.micro_batch_size,
+                                                   config.micro_batch_tokens)
+    for index in slices:
         mb, tg = batch.select(index), targets.select(index)
         with autocast_for(model, config):
             logp, values, entropy = forward(model, value_head, mb, config.temperature,
@@ -264,22 +345,34 @@ def minibatch_backward(model: torch.nn.Module, value_head: torch.nn.Module, batc
         (loss * share).backward()
         for name, value in {"loss": loss, **parts}.items():
             stats[name] += float(value.detach()) * share
-    return stats
+    return world.sum(stats)
 
 
 def update(model: torch.nn.Module, value_head: torch.nn.Module, optimizer: torch.optim.Optimizer,
-           batch: Batch, targets: Targets, config: PPOConfig,
-           generator: torch.Generator) -> dict[str, float]:
-    """``num_ppo_epochs`` x ``num_mini_batches`` optimiser steps; returns their mean stats."""
+           batch: Batch | None, targets: Targets | None, config: PPOConfig,
+           generator: torch.Generator, world: World = SINGLE) -> dict[str, float]:
+    """``num_ppo_epochs`` x ``num_mini_batches`` optimiser steps; returns their mean stats.
+
+    The minibatches shuffle the rows of the whole batch (every rank draws the same order); with
+    several ranks each trains the rows of a minibatch that it holds (``batch`` is its share,
+    None if empty) and the gradients are summed over ranks before clipping."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    start, total = world.offset(len(batch) if batch is not None else 0)
+    mine = start + (len(batch) if batch is not None else 0)
     totals: dict[str, float] = {}
     updates = 0
     for _ in range(config.num_ppo_epochs):
-        order = torch.randperm(len(batch), generator=generator)  # [B], host-side shuffle
-        for index in order.to(batch.device).chunk(config.num_mini_batches):
+        order = torch.randperm(total, generator=generator)  # [B], host-side shuffle
+        for index in order.chunk(config.num_mini_batches):
+            rows = index[(index >= start) & (index < mine)] - start  # this rank's, in order
             optimizer.zero_grad(set_to_none=True)
-            stats = minibatch_backward(model, value_head, batch.select(index),
-                                       targets.select(index), config)
+            if batch is not None and len(rows):
+                rows = rows.to(batch.device)
+                stats = minibatch_backward(model, value_head, batch.select(rows),
+                                           targets.select(rows), config, world)
+            else:
+                stats = minibatch_backward(model, value_head, None, None, config, world)
+            world.reduce_gradients(params)
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params,
                                                                       config.max_grad_norm))
             optimizer.step()
@@ -296,32 +389,59 @@ async def play(step: int, s: TrainingSession[PPOConfig]) -> list[Group]:
     return await s.rollouts(step, [s.task_ids[int(i)] for i in drawn])
 
 
+def episode_batch(episodes: list[Trajectory], s: TrainingSession[PPOConfig],
+                  ) -> tuple[Batch | None, torch.Tensor | None, int]:
+    """(batch, per-turn rewards ``[B, R]`` or None, template-drift drops) of this rank's
+    scored episodes; a batch row's score is the episode reward less its per-turn terms, which
+    go to the turns' last tokens instead."""
+    kept, scores, drift = to_sequences(
+        episodes, [(t, float(t.reward) - sum(t.turn_rewards)) for t in episodes])
+    if not kept:
+        return None, None, drift
+    device = module_device(s.model)
+    batch = pack(kept, [score for _, score in scores], s.tokenizer.pad_token_id or 0,
+                 device=device)
+    shaping = turn_reward_tokens(kept, [t for t, _ in scores], batch.targets.shape[1], device)
+    return batch, shaping, drift
+
+
+def batch_means(targets: Targets | None, batch: Batch | None, world: World) -> dict[str, float]:
+    """Means over every rank's policy tokens of the KL, old values and returns."""
+    sums = {"kl": 0.0, "value_mean": 0.0, "return_mean": 0.0, "tokens": 0.0}
+    if targets is not None and batch is not None:
+        sums = {"kl": float((targets.kl * batch.mask).sum()),
+                "value_mean": float((targets.old_values * batch.mask).sum()),
+                "return_mean": float((targets.returns * batch.mask).sum()),
+                "tokens": float(batch.mask.sum())}
+    sums = world.sum(sums)
+    tokens = max(sums.pop("tokens"), 1.0)
+    return {name: value / tokens for name, value in sums.items()}
+
+
 async def one_step(step: int, s: TrainingSession[PPOConfig]) -> dict[str, Any]:
     """Rollouts -> rewards, values, GAE -> PPO epochs -> sync -> log, for one step."""
-    config, value_head, timings = s.config, s.heads["value_head"], {}
+    config, value_head, world, timings = s.config, s.heads["value_head"], s.world, {}
     with timed(timings, "generate"):
         groups = await play(step, s)
     stats: dict[str, float] = {}
     with timed(timings, "score"):
         episodes = [t for g in groups if not g.dropped for t in g.trajectories
                     if t.reward is not None]
-        sequences, scores, drift = to_sequences(episodes, [float(t.reward) for t in episodes])
-        batch = pack(sequences, scores, s.tokenizer.pad_token_id or 0,
-                     device=module_device(s.model)) if sequences else None
-        if batch is not None:
+        batch, shaping, drift = episode_batch(episodes, s)
+        trains = world.sum({"rows": len(batch) if batch is not None else 0})["rows"] > 0
+        if trains:  # every rank, or none (the whole batch's whitening is a reduction)
             s.model.eval()
             targets = await s.compute(prepare, s.model, value_head, s.ref, batch,
-                                      batch.advantages, config)
-            stats = {"kl": float(masked_mean(targets.kl, batch.mask)),
-                     "value_mean": float(masked_mean(targets.old_values, batch.mask)),
-                     "return_mean": float(masked_mean(targets.returns, batch.mask))}
+                                      batch.advantages if batch is not None else None,
+                                      config, world, shaping)
+            stats = batch_means(targets, batch, world)
     with timed(timings, "train"):
-        if batch is not None:
+        if trains:
             s.model.train()
-            # host: minibatch order is drawn on the CPU, the same on every device
+            # host: minibatch order is drawn on the CPU, the same on every device and rank
             generator = torch.Generator(device="cpu").manual_seed(config.seed * 7_919 + step)
             stats |= await s.compute(update, s.model, value_head, s.optimizer, batch, targets,
-                                     config, generator)
+                                     config, generator, world)
             s.model.eval()
         s.scheduler.step()
     with timed(timings, "sync"):
@@ -334,13 +454,11 @@ async def one_step(step: int, s: TrainingSession[PPOConfig]) -> dict[str, Any]:
 async def train_async(config: PPOConfig, resume: str | Path | None = None) -> Path:
     """Run PPO; returns the run folder. ``resume`` continues a run folder exactly."""
     seed_everything(config.seed)
+    world = join_world(config.distributed_timeout_s)  # first: sets each rank's CUDA device
     model, tokenizer = load_trainee(config)
     heads = {"value_head": value_head_for(model)}  # one optimiser over policy + value head
-    session = await open_session(config, resume, model, tokenizer, heads=heads,
+    session = await open_session(config, resume, model, tokenizer, heads=heads, world=world,
                                  group_size=config.num_generations, kl_coef=config.kl_coef)
-    if session.world.world_size > 1:  # its batch-wide whitening and minibatches are unsharded
-        await session.aclose()
-        raise ValueError("PPO runs in one process for now; GRPO runs under torchrun")
     return await run_steps(session, one_step)
 
 
