@@ -111,7 +111,8 @@ class Endpoint:
 
     Attributes:
         base_url: an OpenAI-compatible API root (``.../v1``), or None with ``engine``.
-        model: the served model name (with ``engine: hf``: a local folder or ``smollm2``).
+        model: the served model name (with ``engine: hf``: a local folder, or None for the
+            prepared default SmolLM2).
         api_key_env: the name of the environment variable holding the API key.
         engine: ``"hf"`` for the embedded engine instead of ``base_url``.
         max_concurrent: calls in flight at once.
@@ -121,7 +122,7 @@ class Endpoint:
     """
 
     base_url: str | None = None
-    model: str = "judge"
+    model: str | None = None
     api_key_env: str | None = None
     engine: str | None = None
     max_concurrent: int = 8
@@ -131,7 +132,8 @@ class Endpoint:
 
     def client(self) -> JudgeClient:
         """A :class:`JudgeClient` on this endpoint (the policy is built lazily, per loop)."""
-        label = f"judge {self.model!r} at {self.base_url or 'the ' + str(self.engine) + ' engine'}"
+        where = self.base_url or f"the embedded {self.engine} engine"
+        label = f"judge {self.model or 'smollm2'!r} at {where}"
         return JudgeClient(self._make_policy(), max_concurrent=self.max_concurrent,
                            timeout_s=self.timeout_s, cache_size=self.cache_size, label=label)
 
@@ -143,8 +145,7 @@ class Endpoint:
                 if not engine:
                     from agentgym.policies.serve import make_policy  # torch: only when used
 
-                    engine.append(make_policy("hf", None if self.model == "judge"
-                                              else self.model))
+                    engine.append(make_policy("hf", self.model))
                 return engine[0]
 
             return embedded
@@ -153,7 +154,7 @@ class Endpoint:
         def http() -> Policy:
             from agentgym.policies.openai_client import OpenAIPolicy  # httpx: only when used
 
-            assert self.base_url is not None
+            assert self.base_url is not None and self.model is not None
             return OpenAIPolicy(self.base_url, self.model, api_key=api_key,
                                 max_concurrency=self.max_concurrent, timeout=self.timeout_s,
                                 max_retries=self.max_retries, vllm_extras=False)
@@ -223,7 +224,10 @@ def _endpoint(where: str, item: Mapping[str, Any], required: bool) -> Endpoint |
                if k in item}
     if min(numbers.get("max_retries", 0), numbers.get("cache_size", 0)) < 0:
         raise ValueError(f"{where}: max_retries and cache_size must be >= 0")
-    return Endpoint(base_url=base_url, model=str(item.get("model", "judge")),
+    model = item.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ValueError(f"{where}: model must be a text, got {model!r}")
+    return Endpoint(base_url=base_url, model=model,
                     api_key_env=key_env, engine=engine, **numbers)  # type: ignore[arg-type]
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from gates import require_train_stack
 from typer.testing import CliRunner
 
 import agentgym
@@ -264,6 +265,24 @@ def test_a_judge_past_its_deadline_is_an_error():
             env.close()
     assert math.isnan(reward) and info["error"].type == "JudgeError"
     assert "no answer within 0.3 s" in info["error"].message
+
+
+def test_an_embedded_engine_judge_reads_the_episode():
+    """engine: hf runs the judge in-process (the prepared SmolLM2): whatever the tiny model
+    writes is either mapped to a score or recorded as a JudgeError, never a silent 0."""
+    require_train_stack()
+    env = agentgym.make(CALC, rewards=[{"kind": "judge", "engine": "hf", "max_tokens": 12,
+                                        "rubric": "Is the answer right?", "timeout_s": 600}])
+    try:
+        reward, info = play_calculator(env)
+        client = env.rewards_config.client(env.rewards_config.terms[0])
+    finally:
+        env.close()
+    assert client.calls == 1
+    if math.isnan(reward):
+        assert info["error"].type == "JudgeError" and "GRADE" in info["error"].message
+    else:
+        assert 0.0 <= info["reward_components"]["judge"] <= 1.0
 
 
 # --- self-feedback ---------------------------------------------------------------------------
