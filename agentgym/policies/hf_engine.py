@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from agentgym.errors import PolicyError
 from agentgym.parsing import parse_text_tool_calls
+from agentgym.policies.batching import stop_batching
 from agentgym.policies.chat_tokens import prompt_ids_for
 from agentgym.policies.model_prep import resolve_model
 from agentgym.policy import Completion, SamplingParams
@@ -236,14 +237,7 @@ class HFEngine:
     async def aclose(self) -> None:
         """Stop the batching task and fail queued requests (idempotent; the model stays)."""
         self._closed = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await self._task
-        while self._pending:
-            request = self._pending.popleft()
-            if not request.future.done():
-                request.future.set_exception(PolicyError("the embedded engine was closed"))
+        await stop_batching(self._task, self._pending, "the embedded engine was closed")
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- batching --------------------------------------------------------------------------

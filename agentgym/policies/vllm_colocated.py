@@ -44,6 +44,7 @@ from typing import Any
 
 from agentgym.errors import PolicyError
 from agentgym.parsing import parse_text_tool_calls
+from agentgym.policies.batching import stop_batching
 from agentgym.policies.chat_tokens import prompt_ids_for
 from agentgym.policies.vllm_server import VLLMServerConfig, vllm_available, vllm_is_cpu_build
 from agentgym.policies.weight_sync import _step
@@ -176,14 +177,7 @@ class ColocatedVLLM:
     async def aclose(self) -> None:
         """Stop batching, fail queued requests and free the engine (idempotent)."""
         self._closed = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-                await self._task
-        for request in self._pending:
-            if not request.future.done():
-                request.future.set_exception(PolicyError("colocated vLLM was closed"))
-        self._pending.clear()
+        await stop_batching(self._task, self._pending, "colocated vLLM was closed")
         llm, self.llm = self.llm, None
         if llm is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, _shutdown, llm)
