@@ -168,6 +168,18 @@ class AgentEnv(gymnasium.Env):
         """
         return None
 
+    def demonstrate(self, task: Task) -> list[dict[str, Any]] | None:
+        """A solved chat of ``task`` from a reference solution, or None (default: the env has
+        none).
+
+        The chat is the task's prompt followed by the reference assistant turns and the
+        tool/user messages they get, as a rollout would record it. Replaying its assistant
+        messages through the env (:func:`agentgym.trainers.offline.replay`) scores the full
+        reward; SFT trains on it (``trainers/sft.py``). Must not block (no I/O): envs whose
+        solution needs the world's state compute it from the task's data.
+        """
+        return None
+
     @classmethod
     def split_sizes(cls) -> dict[str, int] | None:
         """Tasks per split if known without loading them (shown by ``agentgym envs``)."""

@@ -36,9 +36,30 @@ def _dpo() -> tuple[type, Callable[..., Path]]:
     return DPOConfig, train
 
 
+def _sft() -> tuple[type, Callable[..., Path]]:
+    from agentgym.trainers.sft import SFTConfig, train
+
+    return SFTConfig, train
+
+
+def _rft() -> tuple[type, Callable[..., Path]]:
+    from agentgym.trainers.rft import RFTConfig, train
+
+    return RFTConfig, train
+
+
+def _rcsft() -> tuple[type, Callable[..., Path]]:
+    from agentgym.trainers.rcsft import RCSFTConfig, train
+
+    return RCSFTConfig, train
+
+
 TRAINERS: dict[str, Callable[[], tuple[type, Callable[..., Path]]]] = {"grpo": _grpo,
                                                                       "ppo": _ppo,
-                                                                      "dpo": _dpo}
+                                                                      "dpo": _dpo,
+                                                                      "sft": _sft,
+                                                                      "rft": _rft,
+                                                                      "rcsft": _rcsft}
 """Trainer name -> (config class, train function), imported on demand."""
 
 

@@ -15,7 +15,7 @@ from agentgym.env import AgentEnv
 from agentgym.rewards import Reward, Rubric, numeric_match
 from agentgym.tasks.calculator.problems import make_problem, split_problems
 from agentgym.tasks.calculator.safe_math import calculate, format_number
-from agentgym.types import Split, Task, Trajectory
+from agentgym.types import Split, Task, Trajectory, as_messages
 
 SYSTEM_PROMPT = (
     "You solve arithmetic word problems. Use the calculate tool to compute exact results, "
@@ -45,11 +45,17 @@ def demonstration(index: int) -> list[dict[str, Any]]:
     repeat a train or eval question.
     """
     question, expression, answer = make_problem("demo", index)
-    call = json.dumps({"name": "calculate", "arguments": {"expression": expression}})
     return [{"role": "user", "content": question},
-            {"role": "assistant", "content": f"<tool_call>\n{call}\n</tool_call>"},
-            {"role": "tool", "name": "calculate", "content": format_number(answer)},
-            {"role": "assistant", "content": f"<answer>{format_number(answer)}</answer>"}]
+            *solved_turns(expression, format_number(answer))]
+
+
+def solved_turns(expression: str, answer: str) -> list[dict[str, Any]]:
+    """The reference solution's messages: one ``calculate`` call, its result (``answer``,
+    formatted), the answer."""
+    call = json.dumps({"name": "calculate", "arguments": {"expression": expression}})
+    return [{"role": "assistant", "content": f"<tool_call>\n{call}\n</tool_call>"},
+            {"role": "tool", "name": "calculate", "content": answer},
+            {"role": "assistant", "content": f"<answer>{answer}</answer>"}]
 
 
 def num_turns(trajectory: Trajectory, task: Task) -> float:
@@ -101,5 +107,10 @@ class CalculatorEnv(AgentEnv):
                        Reward("used_tool", used_tool, 0.0),
                        Reward("valid_tool_call", valid_tool_call, self.tool_bonus),
                        Reward("turns", num_turns, 0.0)])
+
+    def demonstrate(self, task: Task) -> list[dict[str, Any]]:
+        """The task's prompt, then the reference solution (:func:`solved_turns`)."""
+        return [*as_messages(task.prompt),
+                *solved_turns(task.metadata["expression"], task.metadata["answer_exact"])]
 
     calculate = calculate  # the shared tool (tasks/calculator/safe_math.py)
