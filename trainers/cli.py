@@ -54,12 +54,20 @@ def _rcsft() -> tuple[type, Callable[..., Path]]:
     return RCSFTConfig, train
 
 
+def _reward_model() -> tuple[type, Callable[..., Path]]:
+    from agentgym.trainers.reward_model import RewardModelConfig, train
+
+    return RewardModelConfig, train
+
+
 TRAINERS: dict[str, Callable[[], tuple[type, Callable[..., Path]]]] = {"grpo": _grpo,
                                                                       "ppo": _ppo,
                                                                       "dpo": _dpo,
                                                                       "sft": _sft,
                                                                       "rft": _rft,
-                                                                      "rcsft": _rcsft}
+                                                                      "rcsft": _rcsft,
+                                                                      "reward_model":
+                                                                          _reward_model}
 """Trainer name -> (config class, train function), imported on demand."""
 
 

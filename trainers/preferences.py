@@ -119,22 +119,27 @@ def _chat_completion(value: Any, line: int) -> list[dict[str, Any]]:
 
 
 def _render(tokenizer: Any, messages: Sequence[Mapping[str, Any]], tools: Any,
-            generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(list(messages), tools=tools or None, tokenize=False,
+            generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(list(messages), tools=tools or None, tokenize=False,
                                          add_generation_prompt=generation_prompt)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def chat_sequence(tokenizer: Any, prompt: Sequence[Mapping[str, Any]],
                   completion: Sequence[Mapping[str, Any]], tools: Any = None,
                   line: int = 0) -> TokenSequence:
-    """The token sequence of ``prompt`` followed by ``completion`` (chat form)."""
-    prompt_ids = _render(tokenizer, prompt, tools, True)
+    """The token sequence of ``prompt`` followed by ``completion`` (chat form): the prompt
+    rendered with the generation prompt, then the rest of the rendered chat tokenized on its
+    own (as a policy samples it after the prompt's ids)."""
+    head = _render(tokenizer, prompt, tools, True)
     full = _render(tokenizer, [*prompt, *completion], tools, False)
-    if full[:len(prompt_ids)] != prompt_ids or len(full) == len(prompt_ids):
+    if not full.startswith(head) or len(full) == len(head):
         raise ValueError(f"line {line}: the chat template does not render the completion as a "
                          "continuation of the prompt")
-    response = full[len(prompt_ids):]
+    prompt_ids, response = _encode(tokenizer, head), _encode(tokenizer, full[len(head):])
     return TokenSequence(tuple(prompt_ids), tuple(response), (1,) * len(response),
                          (0.0,) * len(response), (None,))
 
