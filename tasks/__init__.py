@@ -18,3 +18,4 @@ def register_builtin_envs() -> None:
     register("agentgym/BFCLSingle-v0", "agentgym.tasks.bfcl.single_turn:BFCLSingleEnv")
     register("agentgym/Search-v0", "agentgym.tasks.search.env:SearchEnv")
     register("agentgym/SearchR1-v0", "agentgym.tasks.search.env:SearchR1Env")
+    register("agentgym/Support-v0", "agentgym.tasks.support.env:SupportEnv")
