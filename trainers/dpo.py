@@ -21,8 +21,9 @@ Online / iterative DPO (``pairs: null``), one step:
 3. ``num_iterations`` optimiser steps on those pairs (the mean loss over pairs);
 4. sync the weights to the policy and repeat.
 
-Offline DPO (``pairs: file.jsonl``): the same loss over the file's pairs, shuffled each epoch,
-``pairs_per_step`` pairs per optimiser step, for ``max_steps`` steps (no rollouts).
+Offline DPO (``pairs: file.jsonl``): the same loss over the file's pairs on the offline loop
+(:mod:`agentgym.trainers.offline`: a seeded order per epoch, ``batch_size`` pairs per optimiser
+step, ``max_steps`` steps, no rollouts).
 
 Deviations: the reference is fixed to the initial policy (no periodic reference update); the
 logprobs are taken at the sampling ``temperature`` (1.0 by default), as GRPO and PPO do, so that
@@ -44,7 +45,6 @@ from agentgym.policies.devices import module_device
 from agentgym.trainers.batch import Batch, pack, policy_logprobs
 from agentgym.trainers.common import (
     ReferenceLogprobs,
-    TrainerConfig,
     TrainingSession,
     autocast_for,
     load_trainee,
@@ -53,7 +53,8 @@ from agentgym.trainers.common import (
     seed_everything,
     timed,
 )
-from agentgym.trainers.preferences import TokenPair, mine_pairs, to_token_pairs
+from agentgym.trainers.offline import OfflineConfig, offline_step
+from agentgym.trainers.preferences import TokenPair, mine_pairs, read_pairs, to_token_pairs
 
 if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
@@ -62,7 +63,7 @@ __all__ = ["DPOConfig", "dpo_loss", "pair_batch", "sequence_logprobs", "train", 
 
 
 @dataclass
-class DPOConfig(TrainerConfig):
+class DPOConfig(OfflineConfig):
     """DPO's settings on top of :class:`TrainerConfig`; names follow TRL's DPOConfig where the
     concept matches. ``micro_batch_size`` counts pairs (each is two sequences)."""
 
@@ -77,18 +78,17 @@ class DPOConfig(TrainerConfig):
     """Online: tasks (groups, hence at most this many pairs) per step."""
     num_iterations: int = 1
     """Online: optimiser steps on each step's pairs."""
-    pairs_per_step: int = 8
+    batch_size: int = 8
     """Offline: pairs per optimiser step."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.beta <= 0:
             raise ValueError("beta must be > 0 (it scales the implicit reward)")
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: a pair needs two episodes")
-        if min(self.tasks_per_step, self.num_iterations, self.pairs_per_step,
-               self.micro_batch_size) < 1:
-            raise ValueError("tasks_per_step, num_iterations, pairs_per_step and "
-                             "micro_batch_size must be >= 1")
+        if min(self.tasks_per_step, self.num_iterations) < 1:
+            raise ValueError("tasks_per_step and num_iterations must be >= 1")
         if self.max_staleness != 0:
             raise ValueError("DPO trains on-policy pairs: max_staleness must be 0")
 
@@ -169,6 +169,20 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs, optimizer: torch.opti
     return stats
 
 
+def offline_loss(ref: ReferenceLogprobs, pad_id: int, config: DPOConfig):  # noqa: ANN201
+    """The offline loop's ``micro_loss``: a micro-batch's share of the batch's mean DPO loss,
+    with the shares of the implicit-reward statistics."""
+    def micro_loss(model: torch.nn.Module, micro: list[TokenPair], batch: list[TokenPair],
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, chosen, rejected, _ = _pair_terms(model, ref, list(micro), pad_id, config)
+        n = len(batch)
+        return loss.sum() / n, {"reward_accuracy": float((chosen > rejected).float().sum()) / n,
+                                "reward_margin": float((chosen - rejected).sum()) / n,
+                                "reward_chosen": float(chosen.sum()) / n,
+                                "reward_rejected": float(rejected.sum()) / n}
+    return micro_loss
+
+
 def draw_tasks(s: TrainingSession[DPOConfig]) -> list[str]:
     """The next online step's task ids (without replacement while the split has enough)."""
     n = len(s.task_ids)
@@ -205,16 +219,20 @@ async def online_step(step: int, s: TrainingSession[DPOConfig]) -> dict[str, Any
 
 async def train_async(config: DPOConfig, resume: str | Path | None = None) -> Path:
     """Run DPO (online, or offline when ``config.pairs`` is set); returns the run folder."""
-    if config.pairs is not None:
-        raise NotImplementedError("offline DPO (pairs: FILE) is not wired yet")
     seed_everything(config.seed)
     model, tokenizer = load_trainee(config)
+    pairs = read_pairs(config.pairs, tokenizer) if config.pairs is not None else None
     session = await open_session(config, resume, model, tokenizer,
                                  group_size=config.num_generations, kl_coef=config.beta)
     if session.world.world_size > 1:
         await session.aclose()
         raise ValueError("DPO runs in one process for now; GRPO runs under torchrun")
-    return await run_steps(session, online_step)
+    if pairs is None:
+        return await run_steps(session, online_step)
+    assert session.ref is not None  # kl_coef = beta > 0
+    step = offline_step(pairs, offline_loss(session.ref, tokenizer.pad_token_id or 0, config),
+                        lambda batch: {"pairs": len(batch)})
+    return await run_steps(session, step)
 
 
 def train(config: DPOConfig, resume: str | Path | None = None) -> Path:
