@@ -19,3 +19,4 @@ def register_builtin_envs() -> None:
     register("agentgym/Search-v0", "agentgym.tasks.search.env:SearchEnv")
     register("agentgym/SearchR1-v0", "agentgym.tasks.search.env:SearchR1Env")
     register("agentgym/Support-v0", "agentgym.tasks.support.env:SupportEnv")
+    register("agentgym/OpenEnv-v0", "agentgym.interop.openenv_client:OpenEnvClientEnv")
