@@ -20,3 +20,5 @@ def register_builtin_envs() -> None:
     register("agentgym/SearchR1-v0", "agentgym.tasks.search.env:SearchR1Env")
     register("agentgym/Support-v0", "agentgym.tasks.support.env:SupportEnv")
     register("agentgym/OpenEnv-v0", "agentgym.interop.openenv_client:OpenEnvClientEnv")
+    register("agentgym/Mixture-v0", "agentgym.mixture:MixtureEnv",
+             envs={"agentgym/Calculator-v0": 1.0, "agentgym/Math-v0": 1.0})
