@@ -305,6 +305,31 @@ def test_self_evaluation_asks_the_bound_policy_and_fails_without_one():
         env.close()
 
 
+def test_the_trainers_env_factory_validates_shares_and_binds_the_policy():
+    require_train_stack()
+    from agentgym.policies.openai_client import OpenAIPolicy
+    from agentgym.trainers.common import TrainerConfig, make_env_factory
+
+    with pytest.raises(ValueError, match=r"unknown kind 'confidense' \(did you mean"):
+        make_env_factory(CALC, {}, [{"kind": "confidense"}])
+    assert TrainerConfig().rewards is None
+    with StubServer(lambda request: "Yes") as server:
+        spec = [{"kind": "self_evaluation", "samples": 1}]
+        for env_id in (CALC, "agentgym.tasks.calculator.env:CalculatorEnv"):
+            # one HTTP client per event loop: each sync env here runs its own loop (the
+            # trainer's rollout engine runs every env on one)
+            policy = OpenAIPolicy(server.base_url, "policy", vllm_extras=False, max_retries=0)
+            factory = make_env_factory(env_id, {"max_turns": 3}, spec, policy)
+            first, second = factory(), factory()
+            try:
+                assert first.rewards_config is second.rewards_config and first.max_turns == 3
+                _, info = play_calculator(first)
+                assert info["reward_components"]["self_evaluation"] == 1.0
+            finally:
+                first.close()
+                second.close()
+
+
 # --- shaping ---------------------------------------------------------------------------------
 
 def test_shaping_adds_the_discounted_potential_differences():
