@@ -153,3 +153,37 @@ def test_a_rewards_judge_term_named_resolution_configures_the_env_judge():
 def test_bad_judge_settings_name_the_closest_key():
     with pytest.raises(ValueError, match=r"unknown key 'base-url' \(did you mean 'base_url'"):
         agentgym.make(SUPPORT, judge={"base-url": "http://127.0.0.1:1/v1"})
+
+
+def support_agent(request):
+    """A scripted policy: look the order up, then explain (the tool's text is in the chat)."""
+    messages = request["messages"]
+    if not any(m["role"] == "tool" for m in messages):
+        order_id = re.search(r"order ([A-Z]\d{5})", messages[-1]["content"]).group(1)
+        return lookup(order_id)
+    return "Thanks for waiting! I checked your order and here is what happened."
+
+
+@pytest.mark.parametrize("how", ["env-kwargs", "rewards"])
+def test_agentgym_eval_with_a_judge(tmp_path, how):
+    from typer.testing import CliRunner
+
+    from agentgym.eval.cli import app
+
+    with StubServer(lambda request: verdicts("YES", "YES", "YES", "NO", "YES")) as judge, \
+            StubServer(support_agent) as policy:
+        endpoint = {"base_url": judge.base_url, "model": "judge"}
+        if how == "env-kwargs":
+            extra = ["--env-kwargs", json.dumps({"judge": endpoint})]
+        else:
+            (tmp_path / "judge.yaml").write_text(json.dumps(
+                {"rewards": [{"kind": "judge", "name": "resolution", **endpoint}]}))
+            extra = ["--rewards", str(tmp_path / "judge.yaml")]
+        result = CliRunner().invoke(app, [
+            "eval", SUPPORT, "--base-url", policy.base_url, "--model", "agent",
+            "--num-examples", "4", "--out", str(tmp_path / "runs"), *extra])
+        assert result.exit_code == 0, result.output
+        assert judge.requests == 4  # four different chats
+    [results] = list((tmp_path / "runs").rglob("results.jsonl"))
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [row["reward"] for row in rows] == [pytest.approx(5 / 6)] * 4
