@@ -181,7 +181,7 @@ class AgentGymEnvironment(Environment[AgentGymAction, AgentGymObservation, Agent
         """Start an episode: on ``task_id`` / ``task_index`` if given, else drawn with ``seed``."""
         self._check_open()
         self._loop = asyncio.get_running_loop()
-        env = self._env_for(split or self._default_split)
+        env = await self._env_for(split or self._default_split)
         options: dict[str, Any] = {}
         if task_id is not None:
             options["task_id"] = task_id
@@ -261,10 +261,12 @@ class AgentGymEnvironment(Environment[AgentGymAction, AgentGymObservation, Agent
         envs, self._envs, self._env = list(self._envs.values()), {}, None
         loop = self._loop
         for env in envs:
-            if loop is None or not loop.is_running():
-                env.close()
-            elif _on_thread_of(loop):
-                loop.create_task(_close_on_loop(env))
+            if loop is None or not loop.is_running():  # direct (sync) use: our runner's loop
+                self._runner.run(_close_on_loop(env))
+            elif _on_thread_of(loop):  # a stateless request's env, closed on the loop itself
+                task = loop.create_task(_close_on_loop(env))
+                _closing.add(task)
+                task.add_done_callback(_closing.discard)
             else:
                 asyncio.run_coroutine_threadsafe(_close_on_loop(env), loop).result(timeout=120)
         self._runner.close()
@@ -277,9 +279,20 @@ class AgentGymEnvironment(Environment[AgentGymAction, AgentGymObservation, Agent
                 "this session has expired (idle past the server's session timeout, or the "
                 "server shut down) and its environment was released: open a new session")
 
-    def _env_for(self, split: Split) -> AgentEnv:
+    async def _env_for(self, split: Split) -> AgentEnv:
+        """The session's env of ``split``, built (and its tasks loaded) off the event loop,
+        which serves every other session meanwhile."""
         if split not in self._envs:
-            self._envs[split] = make(self.env_id, split=split, **self._env_kwargs)
+            def build() -> AgentEnv:
+                env = make(self.env_id, split=split, **self._env_kwargs)
+                try:
+                    env.tasks  # noqa: B018 - load them here, not on the loop
+                except BaseException:
+                    env.close()
+                    raise
+                return env
+
+            self._envs[split] = await asyncio.to_thread(build)
         return self._envs[split]
 
     def _observation(self, messages: list[dict[str, Any]], reward: float | None,
@@ -292,6 +305,10 @@ class AgentGymEnvironment(Environment[AgentGymAction, AgentGymObservation, Agent
             truncated=truncated, done=terminated or truncated,
             reward=None if reward is None or math.isnan(reward) else reward,
             episode=_episode_record(trajectory))
+
+
+_closing: set[asyncio.Task[None]] = set()
+"""Env closes scheduled on the server's loop (a reference keeps each task alive)."""
 
 
 def _on_thread_of(loop: asyncio.AbstractEventLoop) -> bool:

@@ -280,22 +280,61 @@ def test_an_infra_failure_mid_episode_is_recorded_not_scored(crashing_id) -> Non
             assert "the sandbox died" in trajectory.error.message
 
 
-def test_idle_sessions_time_out_and_are_released() -> None:
+class TrackedToy(ToyEnv):
+    """ToyEnv that records every episode teardown (where an env frees sandboxes, servers)."""
+
+    torn_down: list[str] = []
+
+    async def teardown_episode(self) -> None:
+        assert self.task is not None
+        TrackedToy.torn_down.append(self.task.id)
+
+
+@pytest.fixture()
+def tracked_id() -> Iterator[str]:
+    env_id = "agentgymtest/TrackedToy-v0"
+    agentgym.register(env_id, TrackedToy)
+    TrackedToy.torn_down.clear()
+    yield env_id
+    registry.pop(env_id)
+    gymnasium.registry.pop(env_id, None)
+
+
+def test_idle_sessions_time_out_and_are_released(tracked_id) -> None:
     """openenv-core's reaper closes a session idle past the timeout (it looks every 5 s); the
-    env is released and the connection's next message is an error that says so."""
-    with running_server(CALC, session_timeout_s=1.0) as server:
+    episode is torn down and the connection's next message is an error that says so."""
+    with running_server(tracked_id, session_timeout_s=1.0) as server:
         async def idle_session() -> None:
             async with GenericEnvClient(base_url=server.base_url) as client:
-                await client.reset()
-                assert server.env_server.active_sessions == 1
+                await client.reset(task_index=3)
+                assert server.env_server.active_sessions == 1 and not TrackedToy.torn_down
                 deadline = time.monotonic() + 60
                 while server.env_server.active_sessions and time.monotonic() < deadline:
                     await asyncio.sleep(0.2)
                 assert server.env_server.active_sessions == 0
+                assert TrackedToy.torn_down == ["sum-train-3"]
                 with pytest.raises(RuntimeError, match="session has expired"):
                     await client.step({"content": "still there?"})
 
         asyncio.run(idle_session())
+
+
+def test_a_finished_session_releases_its_env(tracked_id) -> None:
+    """The client env closes each episode's session: the server holds no env after it."""
+    with running_server(tracked_id) as server:
+        env = agentgym.make(REMOTE, base_url=server.base_url)
+        try:
+            for index in (0, 1):
+                env.reset(options={"task_index": index})
+                env.step("I do not know.")
+                assert env.trajectory().reward == 0.0
+            deadline = time.monotonic() + 30
+            while server.env_server.active_sessions and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert server.env_server.active_sessions == 0
+            assert len(TrackedToy.torn_down) == 2
+        finally:
+            env.close()
 
 
 def calculator_policy(tasks: tuple[agentgym.Task, ...]) -> Any:
