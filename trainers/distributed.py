@@ -32,8 +32,22 @@ Why not DDP or ``accelerate.Accelerator``: the trainer runs a micro-batch as two
 (the embedded engine generates with it, peft disables its adapters for pi_ref) and reduces once
 per optimiser step anyway; DDP's per-forward hooks, ``no_sync`` and ``.module`` unwrapping would
 add more than the one bucketed all-reduce they replace. What is lost: communication does not
-overlap the backward pass. FSDP (sharded full fine-tuning) is not wired: the embedded engine
-generates from the trainer's own module, which FSDP would shard.
+overlap the backward pass.
+
+FSDP, DeepSpeed and Megatron-LM configs of ``accelerate launch`` are refused (:func:`join_world`
+raises) rather than silently run as plain data parallel: every rank here holds the whole model.
+Sharded full fine-tuning is not wired, for reasons of this design rather than of the hardware
+(torch's ``fully_shard`` (FSDP2) itself runs on CPU/gloo, and generation works on a module whose
+FSDP units were all unsharded with ``reshard_after_forward`` off and ``generate(...,
+synced_gpus=False)``). What it would need: (1) FSDP's per-layer all-gathers and
+reduce-scatters are collectives, so every rank must run the same number of forward/backward
+passes, while here each rank trains its own share (a different number of micro-batches, none
+on a rank without rows; PPO's minibatches too): padding with zero-weight passes; (2) the
+embedded engine generates from the trainer's module on each rank independently: unshard all
+units before the rollouts and reshard after (full parameters in memory while generating);
+(3) the frozen pi_ref copy (``kl_coef``/``beta`` > 0) made before sharding; (4) gradient
+reduction by FSDP with a sum (not mean) divide factor, the value head still all-reduced here;
+(5) checkpoints gathered to a full state dict on rank 0 and a sharded optimiser state per rank.
 """
 
 from __future__ import annotations
@@ -192,18 +206,43 @@ SINGLE = World()
 """The world of one process (plain ``agentgym train``)."""
 
 
+_SHARDED_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+                     "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+"""Environment variables ``accelerate launch`` sets for a sharded config -> its name."""
+
+
+def refuse_sharded_launch(env: Mapping[str, str]) -> None:
+    """Raise if ``accelerate launch`` was given an FSDP, DeepSpeed or Megatron-LM config.
+
+    Raises:
+        ValueError: naming the config and what to use instead (see the module docstring).
+    """
+    for variable, name in _SHARDED_LAUNCHES.items():
+        if env.get(variable, "").strip().lower() in ("1", "true", "yes"):
+            raise ValueError(
+                f"accelerate launch with a {name} config ({variable}) is not supported: "
+                "agentgym's trainers run their own data parallelism, where every rank holds "
+                "the whole model (its embedded engine generates from it) and trains its own "
+                "share of the batch, which FSDP's per-layer collectives cannot follow. Use a "
+                "data-parallel config (accelerate launch --multi_gpu --num_processes N, or "
+                "torchrun --nproc_per_node N); LoRA (lora: true), gradient_checkpointing and "
+                "dtype bfloat16 are the ways to fit a larger model")
+
+
 def join_world(timeout_s: float = 1800.0, env: Mapping[str, str] | None = None) -> World:
     """The :class:`World` the launcher set up, joining its process group if needed.
 
     Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (set by ``torchrun`` and ``accelerate
     launch``); without them, or with ``WORLD_SIZE=1``, this is :data:`SINGLE`. A group that
-    already exists (initialised by the caller) is reused.
+    already exists (initialised by the caller) is reused. A sharded ``accelerate`` config
+    (FSDP, DeepSpeed, Megatron-LM) raises ValueError (:func:`refuse_sharded_launch`).
 
     Args:
         timeout_s: how long a collective waits for the slowest rank (its rollouts included)
             before the run fails with an error instead of hanging.
     """
     env = os.environ if env is None else env
+    refuse_sharded_launch(env)
     world_size = int(env.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return SINGLE

@@ -52,6 +52,15 @@ def test_shards_are_contiguous_and_cover_the_items():
     assert SINGLE.sum({"a": 2, "b": 0.5}) == {"a": 2, "b": 0.5}
 
 
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED",
+                                      "ACCELERATE_USE_MEGATRON_LM"])
+def test_a_sharded_accelerate_config_is_refused(variable):
+    launched = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    with pytest.raises(ValueError, match="is not supported: .*--multi_gpu"):
+        join_world(env={**launched, variable: "true"})
+    assert join_world(env={variable: "false", "WORLD_SIZE": "1"}) is SINGLE
+
+
 # --- the sharded update on a fixed batch (torch.multiprocessing, gloo) ----------------------
 
 def sequences() -> tuple[list[TokenSequence], list[float]]:
