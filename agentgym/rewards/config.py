@@ -407,7 +407,8 @@ class RewardsConfig:
 
     def bind_policy(self, policy: Policy) -> None:
         """The policy that ``self_evaluation`` terms without an endpoint ask (the trainer
-        binds the policy it trains)."""
+        binds the policy it trains). An HTTP policy is used from the event loop that plays
+        the envs (the rollout engine's one loop), as its connections belong to one loop."""
         self._policy = policy
         for name in [t.name for t in self.terms if t.kind == "self_evaluation"]:
             self._rewards.pop(name, None)
@@ -432,6 +433,11 @@ class RewardsConfig:
         """Raise ValueError if the list names terms that ``env`` (whose own rubric is ``base``)
         lacks, or needs a judged reward it does not offer; then build the rubric once, so a
         potential that does not import fails here."""
+        if not isinstance(base, Rubric):
+            raise ValueError(
+                f"rewards: {env.env_id}'s rubric is a {type(base).__name__}, not a Rubric: give "
+                "the rewards list to its member envs instead (agentgym/Mixture-v0: "
+                "env_kwargs={member_id: {rewards: [...]}})")
         own = [r.name for r in (*base.rewards, *base.group_rewards)]
         for term in self.terms:
             if term.kind == "env" and term.name != "*" and term.name not in own:

@@ -130,6 +130,19 @@ def test_a_failing_term_is_an_error_on_the_trajectory_not_a_zero():
         env.close()
 
 
+def test_mixtures_take_rewards_per_member():
+    spec = [{"kind": "env", "name": "turns", "weight": 0.25}]
+    with pytest.raises(ValueError, match="give the rewards list to its member envs"):
+        agentgym.make("agentgym/Mixture-v0", envs={CALC: 1}, rewards=spec)
+    mixture = agentgym.make("agentgym/Mixture-v0", envs={CALC: 1},
+                            env_kwargs={CALC: {"rewards": spec}})
+    try:
+        weights = {r.name: r.weight for r in mixture.member(CALC).rubric.rewards}
+        assert weights["turns"] == 0.25
+    finally:
+        mixture.close()
+
+
 def test_load_rewards_file_reads_a_list_or_a_rewards_key(tmp_path):
     listed = tmp_path / "list.yaml"
     listed.write_text("- kind: confidence\n  weight: 0.5\n")
