@@ -68,7 +68,7 @@ from agentgym.rollout import Group, RolloutConfig, RolloutEngine
 from agentgym.tokens import TokenSequence, build_token_sequence
 from agentgym.trainers.batch import Batch, policy_logprobs
 from agentgym.trainers.config import config_to_dict
-from agentgym.trainers.distributed import SINGLE, World, join_world, load_rank_rng
+from agentgym.trainers.distributed import SINGLE, World, join_world, load_rank_rng, share_server
 from agentgym.trainers.models import load_model, load_weights
 from agentgym.trainers.runs import RunDir, rng_state
 from agentgym.types import Trajectory
@@ -367,35 +367,48 @@ PolicyParts = tuple[Policy, WeightSync, Callable[[], Awaitable[None]]]
 
 
 async def _hf_policy(config: TrainerConfig, model: torch.nn.Module,
-                     tokenizer: PreTrainedTokenizerBase, run_path: Path) -> PolicyParts:
+                     tokenizer: PreTrainedTokenizerBase, run_path: Path,
+                     world: World = SINGLE) -> PolicyParts:
     engine = HFEngine(model, tokenizer, max_batch_size=64, max_wait_s=0.02,
                       dtype=precision(config)[1])
     return engine, SharedWeightSync(engine), engine.aclose
 
 
 async def _vllm_server_policy(config: TrainerConfig, model: torch.nn.Module,
-                              tokenizer: PreTrainedTokenizerBase, run_path: Path) -> PolicyParts:
-    server = VLLMServer(vllm_settings(config))
-    await server.start()
-    policy = OpenAIPolicy(server.base_url, "policy", max_concurrency=32, tokenizer=tokenizer)
+                              tokenizer: PreTrainedTokenizerBase, run_path: Path,
+                              world: World = SINGLE) -> PolicyParts:
+    """One vLLM server; with several ranks rank 0 starts and syncs it, the others connect to it
+    (``distributed.share_server``)."""
+    def client(url: str) -> OpenAIPolicy:
+        return OpenAIPolicy(url, "policy", max_concurrency=32, tokenizer=tokenizer)
+
+    async def start() -> tuple[str, OpenAIPolicy, WeightSync, Callable[[], Awaitable[None]]]:
+        server = VLLMServer(vllm_settings(config))
+        await server.start()
+        policy = client(server.base_url)
+
+        async def close() -> None:
+            await policy.aclose()
+            await server.stop()
+
+        try:
+            return server.base_url, policy, server_sync(config, server, policy, run_path), close
+        except BaseException:
+            await close()
+            raise
+
+    policy, sync, close = await share_server(world, start, client)
     try:
-        sync = server_sync(config, server, policy, run_path)
         await sync.push(model, 0)  # a resumed run's weights (LoRA: the adapter to serve)
     except BaseException:
-        await policy.aclose()
-        await server.stop()
+        await close()
         raise
-
-    async def close() -> None:
-        await policy.aclose()
-        await server.stop()
-
     return policy, sync, close
 
 
 async def _vllm_colocated_policy(config: TrainerConfig, model: torch.nn.Module,
-                                 tokenizer: PreTrainedTokenizerBase,
-                                 run_path: Path) -> PolicyParts:
+                                 tokenizer: PreTrainedTokenizerBase, run_path: Path,
+                                 world: World = SINGLE) -> PolicyParts:
     engine = ColocatedVLLM(vllm_settings(config), tokenizer, sleep_level=config.vllm_sleep_level)
     try:
         engine.start()  # blocking on purpose: vLLM sets itself up from the main thread
@@ -413,12 +426,14 @@ POLICY_BUILDERS: dict[str, Callable[..., Awaitable[PolicyParts]]] = {
 
 
 async def make_policy(config: TrainerConfig, model: torch.nn.Module,
-                      tokenizer: PreTrainedTokenizerBase, run_path: Path) -> PolicyParts:
+                      tokenizer: PreTrainedTokenizerBase, run_path: Path,
+                      world: World = SINGLE) -> PolicyParts:
     """(policy, weight sync, async closer) for ``config.engine``.
 
     ``hf``: the embedded engine serves the trainer's own module (sync = version bump).
     ``vllm``: a local vLLM server on the base model; LoRA adapters are hot-loaded every step,
-    or (``lora: false``) the full weights are saved and reloaded in place.
+    or (``lora: false``) the full weights are saved and reloaded in place; with several
+    ranks, rank 0's server serves them all.
     ``vllm_colocated``: vLLM's in-process engine; the weights (LoRA merged) are loaded into its
     model in place every step.
     """
@@ -426,7 +441,7 @@ async def make_policy(config: TrainerConfig, model: torch.nn.Module,
     if builder is None:
         raise ValueError(f"engine must be one of {sorted(POLICY_BUILDERS)}, "
                          f"got {config.engine!r}")
-    return await builder(config, model, tokenizer, run_path)
+    return await builder(config, model, tokenizer, run_path, world=world)
 
 
 # --- the session ----------------------------------------------------------------------------
@@ -562,9 +577,10 @@ async def open_session(config: ConfigT, resume: str | Path | None, model: torch.
     """
     heads = heads or {}
     world = join_world(config.distributed_timeout_s) if world is None else world
-    if world.world_size > 1 and config.engine != "hf":
+    if world.world_size > 1 and config.engine not in ("hf", "vllm"):
         raise ValueError("several training processes need engine 'hf' (one embedded engine per "
-                         f"rank); engine {config.engine!r} is single-process for now")
+                         "rank) or 'vllm' (one server for all ranks); engine "
+                         f"{config.engine!r} is single-process for now")
     run = RunDir(world.broadcast(Path(resume) if resume else run_folder(
         config.output_dir, config.run_name, config.env_id)))
     trained = torch.nn.ModuleList([model, *heads.values()]) if heads else model
@@ -587,7 +603,7 @@ async def open_session(config: ConfigT, resume: str | Path | None, model: torch.
     if world.is_main:
         run.write_config(config_to_dict(config))
         run.open_trackers(config.report_to, config_to_dict(config), start if resume else None)
-    policy, sync, close_policy = await make_policy(config, model, tokenizer, run.path)
+    policy, sync, close_policy = await make_policy(config, model, tokenizer, run.path, world)
     engine = make_rollout_engine(config, policy, group_size)
     return TrainingSession(config, run, model, tokenizer, optimizer, scheduler, task_rng, policy,
                            sync, engine, close_policy, ref=ref, heads=heads, start=start,

@@ -27,6 +27,16 @@ How a step is shared (see grpo.py):
   checkpoint also keeps every rank's RNG states (``ranks.pt``), and a resume needs the world
   size that wrote it.
 
+Engines: ``hf`` runs one embedded engine per rank (on the rank's own module). ``vllm`` shares
+one server (:func:`share_server`): rank 0 starts it and syncs the weights into it after each
+update (:class:`LeaderSync`); the other ranks connect a client to its URL and, at every sync,
+wait for rank 0's push and route their requests to the weights it now serves
+(:class:`FollowerSync`), so every rank samples from the new weights and none before they are
+loaded. All ranks' weights are equal after a step, so rank 0's push is everyone's. The server
+listens on rank 0's machine (127.0.0.1): one machine, several GPUs (give the server its own
+with ``CUDA_VISIBLE_DEVICES`` / ``vllm_tensor_parallel_size``). ``vllm_colocated`` (an
+in-process engine per rank) is single-process for now.
+
 Why not DDP or ``accelerate.Accelerator``: the trainer runs a micro-batch as two forward calls
 (the shared prompt prefill, then the responses; batch.py), calls the module outside any wrapper
 (the embedded engine generates with it, peft disables its adapters for pi_ref) and reduces once
@@ -52,20 +62,23 @@ reduction by FSDP with a sum (not mean) divide factor, the value head still all-
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from agentgym.errors import PolicyError
 from agentgym.trainers.runs import set_rng_state
 
-__all__ = ["SINGLE", "World", "join_world", "load_rank_rng"]
+__all__ = ["SINGLE", "FollowerSync", "LeaderSync", "World", "join_world", "load_rank_rng",
+           "refuse_sharded_launch", "share_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -290,3 +303,83 @@ def load_rank_rng(path: Path, world: World) -> None:
                          "(torchrun --nproc_per_node / accelerate launch --num_processes)")
     if states is not None:
         set_rng_state(states[world.rank])
+
+
+# --- one policy server for every rank (engine "vllm") -----------------------------------------
+
+ServerParts = tuple[str, Any, Any, Callable[[], Awaitable[None]]]
+"""(server base URL, rank 0's policy client, its weight sync, closer), what a starter returns."""
+
+
+class LeaderSync:
+    """Rank 0's weight sync into the shared server: pushes with ``inner``, then tells the other
+    ranks what it now serves (or that the push failed, so they raise instead of waiting).
+
+    Args:
+        inner: the sync into the server (``LoRASync``, ``FullWeightSync``).
+        policy: rank 0's client, whose ``model`` and ``weight_version`` the push set.
+        world: the training processes.
+    """
+
+    def __init__(self, inner: Any, policy: Any, world: World):
+        self.inner, self.policy, self.world = inner, policy, world
+
+    async def push(self, model: Any, version: int | None = None) -> int:
+        """``inner.push``, then broadcast (served model name, version) to the other ranks."""
+        try:
+            new = await self.inner.push(model, version)
+        except BaseException as exc:
+            await asyncio.to_thread(self.world.broadcast,
+                                    ("failed", f"{type(exc).__name__}: {exc}"))
+            raise
+        await asyncio.to_thread(self.world.broadcast, ("serving", self.policy.model, new))
+        return new
+
+
+class FollowerSync:
+    """A rank > 0's side of the shared server's weight sync: waits for rank 0's push and routes
+    this rank's client to the model name and version rank 0 now serves.
+
+    Raises (from :meth:`push`):
+        PolicyError: rank 0's push failed (its error is in the message).
+    """
+
+    def __init__(self, policy: Any, world: World):
+        self.policy, self.world = policy, world
+
+    async def push(self, model: Any = None, version: int | None = None) -> int:
+        """Wait (in a worker thread; the deadline is the process group's) for rank 0's push."""
+        message = await asyncio.to_thread(self.world.broadcast, None)
+        if message[0] == "failed":
+            raise PolicyError(f"rank 0's weight sync into the shared server failed: "
+                              f"{message[1]}")
+        _, name, new = message
+        self.policy.set_model(name, new)
+        return new
+
+
+async def share_server(world: World, start: Callable[[], Awaitable[ServerParts]],
+                       connect: Callable[[str], Any]) -> tuple[Any, Any,
+                                                                Callable[[], Awaitable[None]]]:
+    """(policy, weight sync, closer) of this rank, around one server for every rank.
+
+    Rank 0 calls ``start()`` (start the server, its client and its sync) and broadcasts the
+    server's URL; the other ranks call ``connect(url)`` for a client of their own. In one
+    process this is ``start()``'s parts. Nothing is pushed yet: call ``sync.push`` on every rank.
+
+    Raises:
+        PolicyError: on ranks > 0, when rank 0 could not start the server.
+    """
+    if world.is_main:
+        try:
+            url, policy, sync, close = await start()
+        except BaseException as exc:
+            world.broadcast(("failed", f"{type(exc).__name__}: {exc}"))
+            raise
+        world.broadcast(("url", url))
+        return policy, (LeaderSync(sync, policy, world) if world.world_size > 1 else sync), close
+    message = await asyncio.to_thread(world.broadcast, None)
+    if message[0] == "failed":
+        raise PolicyError(f"rank 0 could not start the shared policy server: {message[1]}")
+    policy = connect(message[1])
+    return policy, FollowerSync(policy, world), policy.aclose
