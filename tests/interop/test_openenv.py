@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.gates import require_module
+from tests.gates import require_module, require_train_stack
 
 require_module("openenv", "pip install '.[interop]' (openenv-core)")
 
@@ -449,3 +449,23 @@ def test_a_generic_openenv_server_plays_as_an_agentgym_env(echo_url) -> None:
         assert not math.isnan(reward)
     finally:
         env.close()
+
+
+def test_agentgym_train_runs_on_the_client_env(tracked_id, tmp_path: Path) -> None:
+    """GRPO (tiny random model, 2 steps) trains through an OpenEnv server: every episode is
+    played remotely and scored by the server, and the turns carry the policy's token ids."""
+    require_train_stack()
+    from agentgym.trainers.cli import run_training
+
+    with running_server(tracked_id, {"tools": []}) as server:
+        run = run_training("trainers/configs/smoke.yaml", {
+            "env_id": REMOTE, "env_kwargs": {"base_url": server.base_url}, "max_steps": 2,
+            "num_generations": 2, "tasks_per_step": 2, "max_completion_length": 8,
+            "save_steps": 2, "output_dir": str(tmp_path)})
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(m["episodes"] == 4 and m["dropped_groups"] == 0 for m in metrics)
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["error"] is None and s["reward"] in (0.0, 1.0) for s in samples)
+    assert all(s["turns"][0]["completion_token_ids"] for s in samples)
+    assert len(TrackedToy.torn_down) == 8  # every episode ran in the server's env
