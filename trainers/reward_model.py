@@ -51,28 +51,35 @@ from agentgym.policies.devices import module_device
 from agentgym.policies.shared_prompts import prefill_prefix
 from agentgym.registry import _load
 from agentgym.rollout import RolloutConfig, RolloutEngine
-from agentgym.trainers.batch import Batch
+from agentgym.tokens import TokenSequence, build_token_sequence
+from agentgym.trainers.batch import Batch, pack
 from agentgym.trainers.common import (
     TrainingSession,
     autocast_for,
     load_trainee,
     open_session,
+    precision,
     run_steps,
     seed_everything,
     step_sampling,
 )
+from agentgym.trainers.config import load_config
 from agentgym.trainers.dpo import pair_batch
+from agentgym.trainers.models import load_model, load_weights
 from agentgym.trainers.offline import OfflineConfig, offline_step
 from agentgym.trainers.preferences import (
     TokenPair,
+    chat_sequence,
     mine_pairs,
     read_pairs,
     to_token_pairs,
     write_pairs,
 )
+from agentgym.trainers.runs import RunDir
+from agentgym.types import Trajectory
 
-__all__ = ["RewardModelConfig", "bradley_terry_loss", "pairwise_accuracy", "score_head_for",
-           "sequence_scores", "train", "wilson_interval"]
+__all__ = ["RewardModelConfig", "RewardModelScorer", "bradley_terry_loss", "pairwise_accuracy",
+           "score_head_for", "sequence_scores", "train", "wilson_interval"]
 
 HEAD = "score_head"
 """The head's name in checkpoints (``checkpoints/step_N/score_head.pt``)."""
@@ -272,3 +279,55 @@ async def train_async(config: RewardModelConfig, resume: str | Path | None = Non
 def train(config: RewardModelConfig, resume: str | Path | None = None) -> Path:
     """Sync entry point of :func:`train_async` (what ``agentgym train`` calls)."""
     return asyncio.run(train_async(config, resume))
+
+
+class RewardModelScorer:
+    """A trained reward model, loaded from the newest checkpoint of its run folder, that scores
+    finished trajectories (what :class:`agentgym.rewards.reward_model.RewardModelReward` calls).
+
+    Args:
+        path: the reward model's run folder.
+        device: where it runs (``"auto"``: CUDA when available).
+
+    Raises:
+        FileNotFoundError: the folder has no config.yaml or no checkpoint.
+    """
+
+    def __init__(self, path: str | Path, device: str = "auto"):
+        path = Path(path)
+        if not (path / "config.yaml").exists():
+            raise FileNotFoundError(f"{path} is not a reward-model run folder (no config.yaml)")
+        checkpoints = RunDir(path).checkpoints()
+        if not checkpoints:
+            raise FileNotFoundError(f"{path} has no checkpoint yet")
+        self.config = load_config(RewardModelConfig, path / "config.yaml", {"device": device})
+        target, dtype = precision(self.config)
+        config = self.config
+        self.model, self.tokenizer = load_model(
+            config.model, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+            lora_dropout=0.0, lora_target_modules=config.lora_target_modules, seed=config.seed,
+            device=target, dtype=dtype)
+        load_weights(self.model, checkpoints[-1] / "model", config.lora)
+        self.head = score_head_for(self.model)
+        self.head.load_state_dict(torch.load(checkpoints[-1] / f"{HEAD}.pt", map_location=target))
+        self.model.eval()
+        self.head.eval()
+
+    def sequence(self, trajectory: Trajectory) -> TokenSequence:
+        """The episode's tokens: as sampled when it has token ids, else its chat rendered by
+        the reward model's template (prompt = the messages before the first reply)."""
+        if trajectory.turns and all(t.completion_token_ids for t in trajectory.turns):
+            return build_token_sequence(trajectory)
+        messages = list(trajectory.messages)
+        first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), None)
+        if first is None:
+            raise ValueError(f"trajectory {trajectory.task_id!r} has no assistant message")
+        return chat_sequence(self.tokenizer, messages[:first], messages[first:])
+
+    @torch.no_grad()
+    def score(self, trajectory: Trajectory) -> float:
+        """``r(x, y)`` of one finished trajectory."""
+        batch = pack([self.sequence(trajectory)], [0.0], self.tokenizer.pad_token_id or 0,
+                     device=module_device(self.model))
+        with autocast_for(self.model, self.config):
+            return float(sequence_scores(self.model, self.head, batch)[0])

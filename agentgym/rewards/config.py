@@ -29,6 +29,8 @@ Each item is one term, ``{kind, name, weight, ...}``; ``name`` defaults to the k
       name: exact_match
       weight: 0.5                  # reweight; weight 0 keeps it as a logged metric
       # drop: true                 # or remove it
+    - kind: reward_model           # a trained Bradley-Terry reward model (r(x, y) of the episode)
+      path: runs/rm/...            # its run folder (agentgym train --algorithm reward_model)
 
 Rules: env terms not named keep their weights; a configured term whose name is an env term's
 replaces it; names are unique. A ``judge`` term without ``rubric``/``constitution`` uses the
@@ -66,6 +68,7 @@ from typing import Any, ClassVar
 from agentgym.env import AgentEnv
 from agentgym.errors import RewardError
 from agentgym.policy import Policy, SamplingParams
+from agentgym.rewards.reward_model import RewardModelReward
 from agentgym.rewards.rubric import GroupReward, Reward, RewardFn, Rubric
 from agentgym.rewards.self_feedback import SelfEvaluation, answer_confidence
 from agentgym.rewards.shaping import Potential, potential_shaping
@@ -93,6 +96,7 @@ KINDS: dict[str, tuple[str, ...]] = {
     "self_evaluation": (*_COMMON, *_ENDPOINT, "samples", "temperature"),
     "shaping": (*_COMMON, *_ENDPOINT, "potential", "gamma", "max_tokens"),
     "env": (*_COMMON, "drop"),
+    "reward_model": (*_COMMON, "path", "device"),
 }
 """Every term kind and the keys it accepts."""
 
@@ -311,6 +315,10 @@ def _kind_options(where: str, kind: str, item: Mapping[str, Any]) -> dict[str, A
         raise ValueError(f"{where}: drop must be true or false")
     if kind == "env":
         options["drop"] = item.get("drop", False)
+    if kind == "reward_model":  # a trained Bradley-Terry model (agentgym.rewards.reward_model)
+        if not isinstance(item.get("path"), str) or not item["path"]:
+            raise ValueError(f"{where}: reward_model needs path: (its training run folder)")
+        options.update(path=item["path"], device=str(item.get("device", "auto")))
     return options
 
 
@@ -477,6 +485,8 @@ class RewardsConfig:
         return self._rewards[term.name]
 
     def _build(self, term: TermSpec) -> RewardFn:
+        if term.kind == "reward_model":
+            return RewardModelReward(term.options["path"], term.options["device"])
         if term.kind == "self_evaluation":
             return _LazySelfEvaluation(self, term)
         options = term.options

@@ -14,6 +14,7 @@ from gates import TRAIN_INSTALL, require_module
 torch = require_module("torch", TRAIN_INSTALL)
 
 from agentgym.rewards import Reward, Rubric  # noqa: E402
+from agentgym.rewards.config import attach_rewards  # noqa: E402
 from agentgym.rewards.reward_model import RewardModelReward  # noqa: E402
 from agentgym.tokens import TokenSequence  # noqa: E402
 from agentgym.trainers.batch import pack  # noqa: E402
@@ -22,6 +23,7 @@ from agentgym.trainers.preferences import read_pairs  # noqa: E402
 from agentgym.trainers.reward_model import (  # noqa: E402
     HEAD,
     RewardModelConfig,
+    RewardModelScorer,
     bradley_terry_loss,
     pairwise_accuracy,
     sequence_scores,
@@ -29,7 +31,7 @@ from agentgym.trainers.reward_model import (  # noqa: E402
     wilson_interval,
 )
 from agentgym.trainers.runs import RunDir  # noqa: E402
-from agentgym.trainers.smoke import char_tokenizer, tiny_model  # noqa: E402
+from agentgym.trainers.smoke import DigitEnv, char_tokenizer, tiny_model  # noqa: E402
 from agentgym.types import Trajectory, Turn  # noqa: E402
 
 SMOKE = "trainers/configs/reward_model_smoke.yaml"
@@ -100,10 +102,19 @@ def test_smoke_run_trains_on_mined_pairs_and_reports_held_out_accuracy(tmp_path)
                                      logprobs=tuple(turn["logprobs"])),))
     reward = RewardModelReward(run, device="cpu")
     score = asyncio.run(Rubric([Reward("reward_model", reward, 1.0)]).score(episode, None))
+    env = attach_rewards(DigitEnv(split="eval"), [
+        {"kind": "reward_model", "path": str(run), "device": "cpu"},
+        {"kind": "env", "name": "*", "weight": 0}])  # the verifiable reward: logged only
+    configured = asyncio.run(env.rubric.score(episode, env.tasks[0]))
+    assert configured.reward == pytest.approx(score.reward, abs=1e-5)
+    assert set(configured.components) == {"reward_model", "digit_share"}
+    with pytest.raises(ValueError, match="path"):
+        attach_rewards(DigitEnv(split="eval"), [{"kind": "reward_model"}])
     [pair] = read_pairs(run / "heldout_pairs.jsonl")[:1]
-    model, head_module, _, _ = reward._load()
+    scorer = RewardModelScorer(run, device="cpu")
     with torch.no_grad():
-        expected = float(sequence_scores(model, head_module, pack([pair.chosen], [0.0], 0))[0])
+        expected = float(sequence_scores(scorer.model, scorer.head,
+                                         pack([pair.chosen], [0.0], 0))[0])
     assert score.reward == pytest.approx(expected, abs=1e-5) and score.reward != 0.0
     text_only = Trajectory(env_id="toy", task_id="t", messages=episode.messages)
     assert math.isfinite(reward.score(text_only))  # no token ids: rendered by the template
