@@ -383,9 +383,14 @@ def update(model: torch.nn.Module, value_head: torch.nn.Module, optimizer: torch
 
 
 async def play(step: int, s: TrainingSession[PPOConfig]) -> list[Group]:
-    """This step's episodes: ``tasks_per_step`` tasks x ``num_generations`` each."""
+    """This step's episodes: ``tasks_per_step`` tasks x ``num_generations`` each (a mixture
+    of envs: drawn by the tasks' weights, with replacement)."""
     config, n = s.config, len(s.task_ids)
-    drawn = s.task_rng.choice(n, size=config.tasks_per_step, replace=config.tasks_per_step > n)
+    if s.task_weights is not None:
+        drawn = s.task_rng.choice(n, size=config.tasks_per_step, p=s.task_weights)
+    else:
+        drawn = s.task_rng.choice(n, size=config.tasks_per_step,
+                                  replace=config.tasks_per_step > n)
     return await s.rollouts(step, [s.task_ids[int(i)] for i in drawn])
 
 
