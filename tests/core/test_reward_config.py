@@ -358,6 +358,8 @@ def test_shaping_adds_the_discounted_potential_differences():
     f0, f1 = 0.9 * 0.5 - 0.0, 0.9 * 0.0 - 0.5
     assert components["shaping"] == pytest.approx(f0 + 0.9 * f1)
     assert reward == pytest.approx(components["correct"] + 2.0 * (f0 + 0.9 * f1))
+    # the per-turn record a token-level learner (PPO) places at each turn's end
+    assert env.trajectory().turn_rewards == pytest.approx((2.0 * f0, 2.0 * 0.9 * f1))
     with pytest.raises(ValueError, match="cannot load the potential 'no_such_module:phi'"):
         agentgym.make(CALC, rewards=[{"kind": "shaping", "potential": "no_such_module:phi"}])
 
