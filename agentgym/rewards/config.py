@@ -46,9 +46,10 @@ hold it). A failed judge is an error on the trajectory, never a 0.
 **Per-turn shaping**: a ``shaping`` term is exactly
 ``Reward(name, potential_shaping(Phi, gamma), weight)`` (:mod:`agentgym.rewards.shaping`), the
 object an env author would write. Its value, ``sum_t gamma^t F_t``, counts in the episode reward
-for episode-level learners (GRPO), and whatever per-turn record the rubric keeps of
-potential-based shaping for per-turn learners (PPO's token-level rewards, ``F_t`` at turn t's
-last policy token) it keeps for configured terms too: there is one mechanism, not two.
+for episode-level learners (GRPO), and the rubric records its weighted per-turn terms
+``weight * gamma^t * F_t`` in ``Trajectory.turn_rewards`` (through
+:class:`~agentgym.rewards.rubric.PerTurn`), which PPO adds at each turn's last policy token
+instead of at the episode's end: one mechanism for configured and hand-written shaping.
 """
 
 from __future__ import annotations
