@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from gates import has_module, require
 
 import agentgym
 from agentgym.conformance import adversarial_scores, check
@@ -18,10 +19,22 @@ ENV_KWARGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def served_calculator():
+    """agentgym/OpenEnv-v0 plays an OpenEnv server: here Calculator-v0, served by agentgym."""
+    require(has_module("openenv"), "openenv-core is not installed (pip install '.[interop]')")
+    from agentgym.interop.openenv_server import running_server
+
+    with running_server("agentgym/Calculator-v0") as server:
+        yield server.base_url
+
+
 @pytest.mark.parametrize("env_id", agentgym.list_envs())
-def test_registered_env_conforms(env_id):
-    failures = [f"{r.name}: {r.detail}" for r in check(env_id, **ENV_KWARGS.get(env_id, {}))
-                if not r.ok]
+def test_registered_env_conforms(env_id, request):
+    kwargs = ENV_KWARGS.get(env_id, {})
+    if env_id == "agentgym/OpenEnv-v0":
+        kwargs = {"base_url": request.getfixturevalue("served_calculator")}
+    failures = [f"{r.name}: {r.detail}" for r in check(env_id, **kwargs) if not r.ok]
     assert failures == []
 
 
