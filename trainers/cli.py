@@ -60,6 +60,12 @@ def _reward_model() -> tuple[type, Callable[..., Path]]:
     return RewardModelConfig, train
 
 
+def _rlhf() -> tuple[type, Callable[..., Path]]:
+    from agentgym.trainers.rlhf import RLHFConfig, train
+
+    return RLHFConfig, train
+
+
 TRAINERS: dict[str, Callable[[], tuple[type, Callable[..., Path]]]] = {"grpo": _grpo,
                                                                       "ppo": _ppo,
                                                                       "dpo": _dpo,
@@ -67,7 +73,8 @@ TRAINERS: dict[str, Callable[[], tuple[type, Callable[..., Path]]]] = {"grpo": _
                                                                       "rft": _rft,
                                                                       "rcsft": _rcsft,
                                                                       "reward_model":
-                                                                          _reward_model}
+                                                                          _reward_model,
+                                                                      "rlhf": _rlhf}
 """Trainer name -> (config class, train function), imported on demand."""
 
 
