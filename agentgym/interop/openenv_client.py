@@ -129,7 +129,12 @@ class OpenEnvClientEnv(AgentEnv):
         self._task, self._turns, self._tool_turns, self._messages = task, [], [], []
         self._done, self._trajectory, self._reward_sum = False, None, 0.0
         self._tokens, self._started = 0, time.monotonic()
-        payload = await self._open_and_reset(task, seed)
+        try:
+            payload = await self._open_and_reset(task, seed)
+        except BaseException:
+            self._done = True  # no episode: the next step asks for a reset, as in-process
+            await self._close_session()
+            raise
         self._messages, self._tools, self._info_last = self._read(payload)
         return self._observation(), self._info()
 

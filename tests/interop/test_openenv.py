@@ -227,6 +227,8 @@ def test_a_failing_env_is_an_error_answer_not_a_crash() -> None:
         env = OpenEnvClientEnv(base_url=server.base_url)
         with pytest.raises(EnvServerError, match=reason):
             env.reset()
+        with pytest.raises(ResetNeededError):
+            env.step("no episode started")
         env.close()
         assert httpx.get(f"{server.base_url}/health").status_code == 200
 
