@@ -130,6 +130,16 @@ class BFCLSingleEnv(AgentEnv):
         return await super().astep(action)
 
 
+    def demonstrate(self, task: Task) -> list[dict[str, Any]]:
+        """The prompt, then one reply with the reference calls (:func:`reference_calls`) as
+        Hermes ``<tool_call>`` blocks, and their acknowledgements."""
+        calls = reference_calls(task)
+        text = "\n".join("<tool_call>\n" + json.dumps({"name": name, "arguments": args})
+                         + "\n</tool_call>" for name, args in calls)
+        return [*clone_json(list(task.prompt)), {"role": "assistant", "content": text},
+                *({"role": "tool", "name": name, "content": ACKNOWLEDGEMENT}
+                  for name, _ in calls)]
+
     def adversarial_replies(self, task: Task) -> dict[str, Callable[..., Any]]:
         """BFCL-specific hacks for the conformance suite: the reference calls sprayed among
         decoys, sent in forms a lenient parser would accept, or written as text."""

@@ -24,7 +24,7 @@ from agentgym.tasks.code.hacks import HACKS, hack_source
 from agentgym.tasks.code.humaneval import isolated_tests, load_problems, split_of, tests_for
 from agentgym.tasks.code.sandboxes import acquire_pool, release_pool
 from agentgym.tools import tool
-from agentgym.types import Split, Task, Trajectory
+from agentgym.types import Split, Task, Trajectory, as_messages
 
 SYSTEM_PROMPT = (
     "You write Python functions. You can test code with the run_python tool (a Python "
@@ -210,6 +210,13 @@ class CodeHumanEvalEnv(AgentEnv):
         if self._pool is not None:
             self._pool = None
             await release_pool()
+
+    def demonstrate(self, task: Task) -> list[dict[str, Any]]:
+        """The prompt, then one reply with the canonical solution (the problem's prompt and
+        its reference body) in a python block."""
+        code = task.metadata["prompt"] + task.answer
+        return [*as_messages(task.prompt),
+                {"role": "assistant", "content": f"```python\n{code.rstrip()}\n```"}]
 
     def adversarial_replies(self, task: Task) -> dict[str, Callable[..., str]]:
         """Code-specific hacks for the conformance suite: every :data:`HACKS` source as the

@@ -19,9 +19,10 @@ from agentgym.env import AgentEnv
 from agentgym.errors import RewardError
 from agentgym.rewards import Reward, Rubric, final_state_match
 from agentgym.tasks.http_api.scenarios import split_scenarios
-from agentgym.tasks.http_api.server import ShopServer
+from agentgym.tasks.http_api.server import ShopServer, dispatch, routes_for
+from agentgym.tasks.http_api.store import Store
 from agentgym.tools import tool
-from agentgym.types import Split, Task, Trajectory
+from agentgym.types import Split, Task, Trajectory, as_messages
 
 SYSTEM_PROMPT = (
     "You operate a shop through its JSON HTTP API, using the http_request tool. Routes: "
@@ -109,6 +110,25 @@ class HttpAPIEnv(AgentEnv):
         except (httpx.HTTPError, ValueError) as exc:  # ValueError: a body that is not JSON
             raise RewardError(f"could not read the shop's end state: "
                               f"{type(exc).__name__}: {exc}") from exc
+
+    def demonstrate(self, task: Task) -> list[dict[str, Any]]:
+        """The prompt, a product lookup, then the reference requests one turn each, and a
+        short summary; the tool messages are the service's answers, computed on a copy of
+        the starting state through the server's own routes (no I/O)."""
+        store = Store(task.metadata["initial_state"])
+        routes = routes_for(store)
+        chat = list(as_messages(task.prompt))
+        for method, path, body in [("GET", "/api/products", None),
+                                   *(tuple(r) for r in task.metadata["reference"])]:
+            arguments = {"method": method, "path": path, **({"json": body} if body else {})}
+            call = jsonlib.dumps({"name": "http_request", "arguments": arguments})
+            status, payload = dispatch(routes, method, path, body)
+            result = jsonlib.dumps(payload, separators=(",", ":"))[:MAX_BODY_CHARS]
+            chat += [{"role": "assistant", "content": f"<tool_call>\n{call}\n</tool_call>"},
+                     {"role": "tool", "name": "http_request",
+                      "content": f"HTTP {status}\n{result}"}]
+        chat.append({"role": "assistant", "content": "Done: the requested changes are made."})
+        return chat
 
     @tool
     async def http_request(self, method: Literal["GET", "POST", "PATCH", "DELETE"], path: str,
