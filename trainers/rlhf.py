@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from agentgym.trainers import ppo, reward_model, sft
-from agentgym.trainers.config import load_config
+from agentgym.trainers.config import config_to_dict, load_config
 from agentgym.trainers.models import load_model, load_weights
 from agentgym.trainers.runs import RunDir
 
@@ -115,6 +115,7 @@ def train(config: RLHFConfig, resume: str | Path | None = None) -> Path:
     """Run (or finish) the chain; returns its folder (``resume``: that folder)."""
     out = Path(resume) if resume is not None else Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config)))  # for --resume
     policy = out / "sft_policy"
     if not (policy / "config.json").exists():
         sft_config = _stage(sft.SFTConfig, config.sft, output_dir=str(out), run_name="sft")

@@ -12,7 +12,7 @@ from gates import TRAIN_INSTALL, require_module
 
 torch = require_module("torch", TRAIN_INSTALL)
 
-from agentgym.trainers.cli import TRAINERS  # noqa: E402
+from agentgym.trainers.cli import run_training  # noqa: E402
 from agentgym.trainers.models import load_model  # noqa: E402
 from agentgym.trainers.rlhf import RLHFConfig, export_policy, train  # noqa: E402
 from agentgym.trainers.runs import RunDir  # noqa: E402
@@ -73,5 +73,5 @@ def test_rlhf_chain_sft_reward_model_ppo_logs_both_rewards(tmp_path):
 
     # a finished chain runs again without training anything (stages are skipped or done)
     before = {p: p.stat().st_mtime for p in out.rglob("metrics.jsonl")}
-    assert TRAINERS["rlhf"]()[1](config, resume=out) == out
+    assert run_training(None, algorithm="rlhf", resume=str(out)) == out  # its config.yaml
     assert {p: p.stat().st_mtime for p in out.rglob("metrics.jsonl")} == before
