@@ -53,7 +53,7 @@ from agentgym.trainers.common import (
     seed_everything,
     timed,
 )
-from agentgym.trainers.offline import OfflineConfig, offline_step
+from agentgym.trainers.offline import OfflineConfig, offline_step, share_prefix
 from agentgym.trainers.preferences import TokenPair, mine_pairs, read_pairs, to_token_pairs
 
 if TYPE_CHECKING:
@@ -113,9 +113,11 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
 
 
 def pair_batch(pairs: list[TokenPair], pad_id: int, device: torch.device | str) -> Batch:
-    """One :class:`Batch` of ``2P`` rows: the chosen sequences, then the rejected ones (a
-    pair's two rows share their prompt, which the batch stores once)."""
-    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    """One :class:`Batch` of ``2P`` rows: the chosen sequences, then the rejected ones. The
+    prefix every prompt shares (system prompt, tools, in-prompt demos) is stored and run once
+    (:func:`~agentgym.trainers.offline.share_prefix`; the rest of each prompt is conditioned on
+    but masked), so a pair costs its question and its two answers."""
+    sequences = share_prefix([p.chosen for p in pairs] + [p.rejected for p in pairs])
     return pack(sequences, [0.0] * len(sequences), pad_id, device=device)
 
 

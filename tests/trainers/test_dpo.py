@@ -13,7 +13,9 @@ torch = require_module("torch", TRAIN_INSTALL)
 
 from agentgym.errors import ErrorRecord  # noqa: E402
 from agentgym.rollout import Group  # noqa: E402
+from agentgym.tokens import TokenSequence  # noqa: E402
 from agentgym.trainers import dpo  # noqa: E402
+from agentgym.trainers.batch import pack, policy_logprobs  # noqa: E402
 from agentgym.trainers.common import make_optimizer, reference_logprobs  # noqa: E402
 from agentgym.trainers.config import load_config  # noqa: E402
 from agentgym.trainers.dpo import (  # noqa: E402
@@ -26,6 +28,7 @@ from agentgym.trainers.dpo import (  # noqa: E402
 )
 from agentgym.trainers.models import load_weights  # noqa: E402
 from agentgym.trainers.preferences import (  # noqa: E402
+    TokenPair,
     mine_pairs,
     read_pairs,
     to_token_pairs,
@@ -96,6 +99,25 @@ def test_pair_batch_puts_chosen_rows_first_and_sums_policy_tokens_only(tmp_path)
     assert batch.mask.tolist() == [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
     logp = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, -100.0]])
     assert sequence_logprobs(logp, batch.mask).tolist() == [-6.0, -9.0]
+
+
+def test_pair_batch_runs_the_shared_prompt_prefix_once_with_the_same_logprobs():
+    tokenizer = char_tokenizer()
+    model = tiny_model(tokenizer, seed=0).eval()
+    ids = tokenizer.convert_tokens_to_ids
+    pairs = []
+    for question, good, bad in (("Say 7.", "777", "ab"), ("Say 8, please.", "88", "xyz")):
+        prompt = tuple(ids(list(question)))
+        pairs.append(TokenPair(question, *(
+            TokenSequence(prompt, tuple(ids(list(reply))), (1,) * len(reply),
+                          (0.0,) * len(reply), (0,)) for reply in (good, bad))))
+    shared = pair_batch(pairs, 0, "cpu")
+    assert shared.prompt_ids.shape[0] == 1  # "Say " once; the rest moved, masked, to the rows
+    plain = pack([p.chosen for p in pairs] + [p.rejected for p in pairs], [0.0] * 4, 0)
+    with torch.no_grad():
+        ours = sequence_logprobs(policy_logprobs(model, shared, 1.0)[0], shared.mask)
+        reference = sequence_logprobs(policy_logprobs(model, plain, 1.0)[0], plain.mask)
+    assert ours.tolist() == pytest.approx(reference.tolist(), abs=1e-4)
 
 
 def test_preference_jsonl_round_trips_trajectories_and_reads_the_chat_form(tmp_path):
