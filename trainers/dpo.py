@@ -64,7 +64,7 @@ __all__ = ["DPOConfig", "dpo_loss", "pair_batch", "sequence_logprobs", "train", 
 
 @dataclass
 class DPOConfig(OfflineConfig):
-    """DPO's settings on top of :class:`TrainerConfig`; names follow TRL's DPOConfig where the
+    """DPO's settings on top of :class:`OfflineConfig`; names follow TRL's DPOConfig where the
     concept matches. ``micro_batch_size`` counts pairs (each is two sequences)."""
 
     beta: float = 0.1
