@@ -30,6 +30,7 @@ import gymnasium
 
 from agentgym.errors import EntryPointError, RegistryError, UnknownEnvError
 from agentgym.rewards.config import attach_rewards
+from agentgym.world_model.simulator import simulate_tools
 
 __all__ = ["EnvSpec", "env_class", "list_envs", "make", "register", "registry", "spec"]
 
@@ -178,7 +179,9 @@ def make(id: str, **kwargs: Any) -> Any:
         id: a registered id, e.g. ``agentgym/Calculator-v0``.
         **kwargs: constructor arguments; they override the registered defaults. ``rewards``
             (a list of reward terms, see :mod:`agentgym.rewards.config`) is not passed on: it
-            adds, reweights or replaces terms of the env's rubric.
+            adds, reweights or replaces terms of the env's rubric. ``simulate_tools`` (an
+            endpoint, see :mod:`agentgym.world_model.simulator`) is not passed on either: a
+            model predicts the tool results instead of running the tools.
 
     Raises:
         UnknownEnvError: no such id (the message suggests close ones).
@@ -189,9 +192,12 @@ def make(id: str, **kwargs: Any) -> Any:
     factory = _load(env_spec.entry_point)
     arguments = {**env_spec.kwargs, **kwargs}
     rewards = arguments.pop("rewards", None)
+    simulator = arguments.pop("simulate_tools", None)
     if _accepts_env_id(factory):
         arguments.setdefault("env_id", id)
     env = factory(**arguments)
+    if simulator is not None:
+        env = simulate_tools(env, simulator)
     return env if rewards is None else attach_rewards(env, rewards)
 
 
