@@ -191,6 +191,32 @@ def quickstart(
                    console=console)
 
 
+@app.command("compare-methods")
+def compare_methods(
+    env: Annotated[str, typer.Option(help="a registered env id")] = "agentgym/Calculator-v0",
+    steps: Annotated[int, typer.Option(help="optimiser steps per method (the budget)")] = 12,
+    methods: Annotated[str | None, typer.Option(
+        help="comma-separated (default: base and every trainer of sft, rft, rcsft, grpo, "
+             "dpo)")] = None,
+    eval_examples: Annotated[int, typer.Option(help="held-out tasks")] = 50,
+    env_kwargs: Annotated[str, typer.Option(
+        help="env arguments (YAML/JSON) for training and eval")] = "{demos: 2, max_turns: 2}",
+    out: Annotated[str, typer.Option(help="output folder")] = "runs/compare",
+) -> None:
+    """Train each method on one env and budget; one table of held-out success and a plot."""
+    import yaml
+
+    from agentgym.trainers.compare import compare_methods as run_compare
+
+    rows = run_compare(env, steps, methods.split(",") if methods else None, eval_examples, out,
+                       env_kwargs=yaml.safe_load(env_kwargs) or {},
+                       on_result=lambda r: console.print(f"{r.method}: {r.success:.3f} ± "
+                                                         f"{r.ci95:.3f}" if r.error is None
+                                                         else f"{r.method}: {r.error}"))
+    console.print(f"{len(rows)} methods; table: {out}/comparison.md, plot: "
+                  f"{out}/comparison.png")
+
+
 def main() -> None:
     """Entry point of the ``agentgym`` script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

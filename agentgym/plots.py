@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agentgym.jsonl import read_jsonl
 
-__all__ = ["plot_reward_curve", "read_reward_curve"]
+__all__ = ["plot_method_comparison", "plot_reward_curve", "read_reward_curve"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,4 +92,35 @@ def plot_reward_curve(run_dir: str | Path, out: str | Path | None = None,
     figure.savefig(target)
     plt.close(figure)
     logger.info("reward curve of %d points written to %s", len(points), target)
+    return target
+
+
+def plot_method_comparison(rows: list[tuple[str, float, float]], out: str | Path,
+                           title: str = "held-out success") -> Path:
+    """A bar per ``(method, success, ci95 half-width)`` with its 95 % CI as an error bar,
+    saved as a PNG at ``out`` (``agentgym compare-methods``).
+
+    Raises:
+        ImportError: matplotlib is not installed (the message says how to get it).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("plots need matplotlib: pip install 'agentgym[plot]'") from exc
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
+    names = [r[0] for r in rows]
+    errors = [r[2] if math.isfinite(r[2]) else 0.0 for r in rows]
+    axes.bar(names, [r[1] for r in rows], yerr=errors, capsize=6, alpha=0.8)
+    axes.set_ylabel("held-out success (95% CI)")
+    axes.set_ylim(0, 1)
+    axes.set_title(title)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target)
+    plt.close(figure)
     return target
