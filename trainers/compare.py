@@ -143,7 +143,7 @@ def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
                     out: str | Path = "runs/compare", model: str = "smollm2",
                     engine: str = "hf", env_kwargs: dict[str, Any] | None = None,
                     eval_env_kwargs: dict[str, Any] | None = None, max_tokens: int = 48,
-                    overrides: dict[str, Any] | None = None,
+                    overrides: dict[str, dict[str, Any]] | None = None,
                     on_result: Callable[[MethodResult], None] | None = None,
                     ) -> list[MethodResult]:
     """Train and evaluate each method (see the module docstring); returns the rows and writes
@@ -154,7 +154,8 @@ def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
         eval_env_kwargs: the eval env's arguments (default: ``env_kwargs``).
         max_tokens: completion cap per turn of the base model's eval (trained methods use
             their config's ``max_completion_length``).
-        overrides: config fields set for every trained method (e.g. ``{"device": "cuda"}``).
+        overrides: method -> config fields to set (e.g. ``{"sft": {"batch_size": 4}}``);
+            the key ``"*"`` applies to every trained method (e.g. ``{"device": "cuda"}``).
     """
     out = Path(out)
     env_kwargs = dict(env_kwargs or {})
@@ -176,9 +177,10 @@ def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
                 raise ValueError(f"unknown method {method!r}; choose from base, "
                                  f"{', '.join(sorted(TRAINERS))}")
             else:
-                row = _run_method(method, env_id, steps, out,
-                                  {"model": model, "engine": engine, **(overrides or {})},
-                                  env_kwargs, eval_examples, eval_env_kwargs)
+                fields = {"model": model, "engine": engine, **(overrides or {}).get("*", {}),
+                          **(overrides or {}).get(method, {})}
+                row = _run_method(method, env_id, steps, out, fields, env_kwargs,
+                                  eval_examples, eval_env_kwargs)
         except Exception as exc:  # one method's failure is its row, not the end of the table
             logger.exception("%s failed", method)
             row = MethodResult(method, error=f"{type(exc).__name__}: {exc}")

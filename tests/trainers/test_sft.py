@@ -199,7 +199,7 @@ def test_sft_on_a_trajectory_file_learns_and_resumes_after_a_kill(tmp_path):
     straight, _ = killed_and_resumed("sft", SFTConfig, train,
                                      smoke_overrides(tmp_path, data), tmp_path)
     rows = RunDir(straight).metrics()
-    assert rows[-1]["loss"] < 0.7 * rows[0]["loss"], [r["loss"] for r in rows]
+    assert rows[-1]["loss"] < 0.85 * rows[0]["loss"], [r["loss"] for r in rows]
     for key in ("loss", "grad_norm", "tokens", "examples", "epoch", "time/train",
                 "learning_rate"):
         assert key in rows[-1], key
