@@ -191,32 +191,29 @@ def test_a_dead_http_server_is_an_error_record(tmp_path):
     try:
         env.reset(options={"task_id": "t0"})
         stop(process)
-        started = time.monotonic()
+        # a hang would end at the tool deadline as a ToolTimeoutError tool message instead
         with pytest.raises(ToolServerError):
             env.step(call("add", a=1, b=2))
-        assert time.monotonic() - started < 60  # failed, well before the tool deadline
         assert env.trajectory().error.type == "ToolServerError"
     finally:
         stop(process)
         env.close()
 
 
-@pytest.mark.parametrize("spec", [
-    MCPServerSpec.stdio(sys.executable, "-c", "import time; time.sleep(60)",
-                        connect_timeout_s=3),
-    MCPServerSpec.stdio("/nonexistent/mcp-server"),
-    MCPServerSpec.http("http://127.0.0.1:9/mcp", connect_timeout_s=10),
+@pytest.mark.parametrize(("spec", "match"), [
+    (MCPServerSpec.stdio(sys.executable, "-c", "import time; time.sleep(600)",
+                         connect_timeout_s=3), "did not answer within 3s"),
+    (MCPServerSpec.stdio("/nonexistent/mcp-server"), "failed: FileNotFoundError"),
+    (MCPServerSpec.http("http://127.0.0.1:9/mcp", connect_timeout_s=60), "MCP server http"),
 ], ids=["silent", "missing", "refused"])
-def test_an_unreachable_server_fails_reset_within_its_deadline(spec, errlog):
+def test_an_unreachable_server_fails_reset_within_its_deadline(spec, match, errlog):
     env = make_env(spec)
     env.mcp.errlog = errlog
-    started = time.monotonic()
     try:
-        with pytest.raises(ToolServerError, match="MCP server"):
+        with pytest.raises(ToolServerError, match=match):
             env.reset()
     finally:
         env.close()
-    assert time.monotonic() - started < 60
 
 
 def _pid_alive(pid: int) -> bool:
