@@ -11,6 +11,7 @@ What is hashed, per env id:
 
 * ``train`` and ``eval``: the number of tasks and the sha256 of their canonical JSON (id, split,
   prompt, answer, tools and metadata of each task, one line per task, in the env's order).
+* every split of the env's ``extra_splits`` (held-out eval splits), the same way.
 * ``corpus``: :meth:`~agentgym.env.AgentEnv.corpus_digest`, for envs whose tools read data
   beyond the tasks (Search-v0's passages); absent for the others.
 
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agentgym.errors import EnvError
-from agentgym.registry import list_envs, make
+from agentgym.registry import env_class, list_envs, make
 from agentgym.types import Task
 
 __all__ = ["PARTS", "REFRESH_HINT", "check_digests", "differences", "digest_file", "env_digest",
@@ -88,7 +89,7 @@ def env_digest(env_id: str, **make_kwargs: Any) -> dict[str, Any]:
     Nothing is started: the env is built and its tasks loaded (no episode, no sandbox).
     """
     record: dict[str, Any] = {}
-    for split in ("train", "eval"):
+    for split in ("train", "eval", *getattr(env_class(env_id), "extra_splits", ())):
         env = make(env_id, split=split, **make_kwargs)
         try:
             record[split] = tasks_digest(env.tasks)
@@ -138,10 +139,10 @@ def differences(env_id: str, recorded: Mapping[str, Any] | None,
     """One line per part of ``env_id`` whose current digest differs from the record."""
     if recorded is None:
         return [f"{env_id}: no recorded digest"]
-    names = {"train": "train tasks", "eval": "eval tasks", "corpus": "corpus"}
-    return [f"{env_id}: {names[part]} changed (recorded {_show(recorded.get(part))}, "
-            f"now {_show(current.get(part))})"
-            for part in PARTS if recorded.get(part) != current.get(part)]
+    extra = sorted((set(recorded) | set(current)) - {*PARTS, "user_data", "sample_files"})
+    return [f"{env_id}: {part if part == 'corpus' else part + ' tasks'} changed (recorded "
+            f"{_show(recorded.get(part))}, now {_show(current.get(part))})"
+            for part in (*PARTS, *extra) if recorded.get(part) != current.get(part)]
 
 
 def check_digests(path: Path | None = None) -> list[str]:

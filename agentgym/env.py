@@ -101,6 +101,9 @@ class AgentEnv(gymnasium.Env):
     """Task family shown by ``agentgym envs`` (search, code, api, math, ...)."""
     reward_kind: ClassVar[str] = "verifiable"
     """``verifiable``, ``verbal`` or ``self-feedback``."""
+    extra_splits: ClassVar[tuple[str, ...]] = ()
+    """Held-out eval splits beyond ``train`` and ``eval`` (e.g. ``eval_paraphrase``); each is
+    disjoint from ``train`` and digested like the others."""
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -114,8 +117,9 @@ class AgentEnv(gymnasium.Env):
     def __init__(self, *, split: Split = "train", max_turns: int = 8, max_tokens: int = 8192,
                  max_seconds: float | None = None, tool_timeout_s: float = 30.0,
                  max_tool_output_chars: int = 8000, env_id: str | None = None):
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if split not in ("train", "eval", *self.extra_splits):
+            raise ValueError(f"split must be one of {['train', 'eval', *self.extra_splits]}, "
+                             f"got {split!r}")
         if max_turns < 1 or max_tokens < 1:
             raise ValueError("max_turns and max_tokens must be >= 1")
         self.split: Split = split

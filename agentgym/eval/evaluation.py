@@ -114,8 +114,8 @@ class EvalSettings:
     ray: RaySettings | None = None
 
     def __post_init__(self) -> None:
-        if self.split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {self.split!r}")
+        if not isinstance(self.split, str) or not self.split:  # make() checks the env has it
+            raise ValueError(f"split must be a split name like 'eval', got {self.split!r}")
         if self.rollouts_per_example < 1 or self.max_concurrent < 1 or self.max_tokens < 1:
             raise ValueError("rollouts_per_example, max_concurrent and max_tokens must be >= 1")
         if self.num_examples is not None and self.num_examples < 1:

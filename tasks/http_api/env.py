@@ -18,6 +18,7 @@ import httpx
 from agentgym.env import AgentEnv
 from agentgym.errors import RewardError
 from agentgym.rewards import Reward, Rubric, final_state_match
+from agentgym.tasks.http_api.generalisation import composition_scenarios, paraphrase_scenarios
 from agentgym.tasks.http_api.scenarios import split_scenarios
 from agentgym.tasks.http_api.server import ShopServer, dispatch, routes_for
 from agentgym.tasks.http_api.store import Store
@@ -33,7 +34,9 @@ SYSTEM_PROMPT = (
     "Look ids up; never guess them. When the task is done, reply with a short summary and no "
     "tool call."
 )
-SPLIT_SIZES: dict[str, int] = {"train": 1000, "eval": 200}
+SPLIT_SIZES: dict[str, int] = {"train": 1000, "eval": 200, "eval_paraphrase": 200,
+                               "eval_composition": 200}
+_HELD_OUT = {"eval_paraphrase": paraphrase_scenarios, "eval_composition": composition_scenarios}
 MAX_BODY_CHARS = 4000
 
 
@@ -59,6 +62,7 @@ class HttpAPIEnv(AgentEnv):
 
     family = "api"
     reward_kind = "verifiable"
+    extra_splits = ("eval_paraphrase", "eval_composition")
 
     def __init__(self, *, num_tasks: int | None = None, max_turns: int = 12,
                  tool_timeout_s: float = 10.0, **kwargs: Any):
@@ -74,7 +78,10 @@ class HttpAPIEnv(AgentEnv):
     def load_tasks(self, split: Split) -> list[Task]:
         count = min(SPLIT_SIZES[split], self.num_tasks or SPLIT_SIZES[split])
         tasks = []
-        for i, scenario in enumerate(split_scenarios(split, count, SPLIT_SIZES["train"])):
+        draw = _HELD_OUT.get(split)
+        scenarios = (draw(count, SPLIT_SIZES["train"]) if draw is not None
+                     else split_scenarios(split, count, SPLIT_SIZES["train"]))
+        for i, scenario in enumerate(scenarios):
             tasks.append(Task(
                 id=f"shop-{split}-{i}", split=split,
                 answer={"final_state": scenario.expected_outcome()},
