@@ -214,6 +214,10 @@ class TrainerConfig:
     distributed_timeout_s: float = 1800.0
     """Under torchrun / accelerate launch: how long a rank waits for the others at a collective
     (the slowest rank's rollouts included) before the run fails instead of hanging."""
+    guide: dict[str, Any] | None = None
+    """LLM-guided exploration (:mod:`agentgym.guided`): ``{kind: demonstration | endpoint |
+    hint, p_explore: 0.5, decay: 0.9, ...}``; a guide writes each turn with probability
+    p_explore * decay^(step - 1), its tokens importance-weighted. None: the policy alone."""
 
 
 ConfigT = TypeVar("ConfigT", bound=TrainerConfig)
@@ -297,6 +301,13 @@ def make_rollout_engine(config: TrainerConfig, policy: Policy, group_size: int) 
             make_env_factory(config.env_id, config.env_kwargs, config.rewards), policy,
             RolloutConfig(group_size=group_size, max_concurrent=config.max_concurrent,
                           on_infra_error="resample"), RaySettings.from_dict(config.ray))
+    if config.guide is not None:  # the guide only with the switch on (agentgym.guided)
+        from agentgym.guided import guided_policy
+
+        if config.max_staleness:
+            raise ValueError("guide needs max_staleness: 0 (guide turns carry no weight version)")
+        policy = guided_policy(config.guide, policy, make_env_factory(config.env_id,
+                                                                      config.env_kwargs))
     return RolloutEngine(make_env_factory(config.env_id, config.env_kwargs, config.rewards,
                                           policy), policy,
                          RolloutConfig(group_size=group_size,
@@ -495,6 +506,10 @@ class TrainingSession(Generic[ConfigT]):
         """Play this rank's share of the groups of ``task_ids`` (all of them in one process)
         with step ``step``'s sampling seed; :meth:`log_step` gathers the shares."""
         self.engine.set_sampling(step_sampling(self.config, step))
+        if self.config.guide is not None:  # p_explore decays per step
+            from agentgym.guided import GuideSettings
+
+            self.engine.policy.set_p(GuideSettings.from_dict(self.config.guide).p_at(step))
         self.resampled_before = self.engine.resampled
         return await self.engine.run_groups(self.world.shard(task_ids))
 

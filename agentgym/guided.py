@@ -1,0 +1,331 @@
+"""LLM-guided exploration: with probability ``p_explore`` a guide writes the turn, else the policy.
+
+    a_t = a_guide(s_t)   with probability p_explore(step) = p_0 * decay^(step - 1)
+    a_t ~ pi_theta(.|s_t) otherwise
+
+:class:`GuidedPolicy` wraps any :class:`~agentgym.policy.Policy`; the guide is any Policy too:
+an OpenAI-compatible endpoint (:class:`~agentgym.policies.openai_client.OpenAIPolicy`), the
+embedded engine with a hint in its system prompt (:class:`HintedGuide`), or the environment's
+reference solution (:class:`DemonstrationGuide`, from ``env.demonstrate(task)``). The choice is
+drawn per turn from a seeded RNG keyed by (guided seed, the episode's sampling seed, the turn's
+position in the chat), so a rerun picks the same turns whatever the episodes' interleaving.
+
+Guide turns are written into the policy's own tokens (the guide's text, tool calls as Hermes
+``<tool_call>`` markup, encoded with the policy's tokenizer and closed by its end-of-turn
+token) and tagged ``weight_version == GUIDE_VERSION`` on the :class:`~agentgym.types.Turn`
+(:func:`guide_turn_indices`), so they are told apart in trajectories and samples.
+
+Off-policy correction: **importance weighting, not masking.** Guide tokens keep loss mask 1 and
+are recorded with the behaviour logprob of a deterministic proposal, log mu(a_t) = 0. The GRPO
+loss already takes its ratio against the recorded sampling logprobs, so on a guide token
+
+    rho_t = pi_theta(a_t | s_t) / mu(a_t | s_t) = pi_theta(a_t | s_t)   (<= 1)
+
+and the clipped objective min(rho_t A, clip(rho_t) A) gives, for A > 0, the importance-weighted
+gradient A * rho_t * grad log pi_theta = A * grad pi_theta(a_t); for A < 0 the clip (rho_t below
+1 - epsilon) zeroes it, so a failed guided episode never pushes the policy away from the guide.
+Why not masking: with loss mask 0 on guide tokens the policy gets no gradient towards the guide's
+actions, only towards its own later turns; in the sparse-reward case this exists for (a policy
+that never writes a tool call) it would never learn to write one, and its unguided success would
+stay 0. Why mu = 1: the guide's own token probabilities are in another tokenizer (an endpoint) or
+undefined (a demonstration); 1 is the largest possible value, so the weight errs small (the
+policy's own probability of the guide's token), never large. The exact per-turn behaviour
+probability would be p * 1 + (1 - p) * pi_old(a); ignoring the second term again only
+under-weights. The policy's own turns in a guided episode keep their sampled logprobs
+(on-policy), and the env reward credits the whole episode.
+
+A guide that fails (server down, no demonstration, a bad reply) raises :class:`GuideError` (a
+:class:`~agentgym.errors.PolicyError`): the rollout engine records the episode as an infra
+error, never a 0; a guide that hangs runs into the engine's per-turn deadline like the policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agentgym.errors import PolicyError
+from agentgym.policies.chat_tokens import prompt_ids_for
+from agentgym.policy import Completion, Policy, SamplingParams
+from agentgym.types import Task, Trajectory
+
+__all__ = ["GUIDE_VERSION", "DemonstrationGuide", "GuideError", "GuideSettings", "GuidedPolicy",
+           "HintedGuide", "guide_turn_indices", "guided_policy"]
+
+GUIDE_VERSION = "guide"
+"""``Turn.weight_version`` of a turn the guide wrote."""
+
+
+class GuideError(PolicyError):
+    """The guide could not propose a turn (an infra failure of the episode, not a 0)."""
+
+
+def guide_turn_indices(trajectory: Trajectory) -> list[int]:
+    """Indices of the turns of ``trajectory`` that the guide wrote."""
+    return [t.index for t in trajectory.turns if t.weight_version == GUIDE_VERSION]
+
+
+@dataclass(frozen=True)
+class GuideSettings:
+    """The ``guide:`` block of a trainer config.
+
+    Attributes:
+        kind: ``"demonstration"`` (the env's ``demonstrate(task)``), ``"endpoint"`` (an
+            OpenAI-compatible server: ``base_url``, ``model``) or ``"hint"`` (the trained policy
+            itself with ``hint`` appended to its system prompt).
+        p_explore: probability that the guide writes a turn at step 1.
+        decay: p_explore is multiplied by this every step (1: constant).
+        seed: seeds the per-turn choice.
+        base_url, model, hint: per kind, see above.
+    """
+
+    kind: str = "demonstration"
+    p_explore: float = 0.5
+    decay: float = 1.0
+    seed: int = 0
+    base_url: str | None = None
+    model: str = "guide"
+    hint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("demonstration", "endpoint", "hint"):
+            raise ValueError(f"guide kind must be demonstration, endpoint or hint, not "
+                             f"{self.kind!r}")
+        if not 0.0 <= self.p_explore <= 1.0 or not 0.0 < self.decay <= 1.0:
+            raise ValueError("guide p_explore must be in [0, 1] and decay in (0, 1]")
+        if self.kind == "endpoint" and not self.base_url:
+            raise ValueError("guide kind 'endpoint' needs base_url")
+        if self.kind == "hint" and not self.hint:
+            raise ValueError("guide kind 'hint' needs hint (the text added to the system prompt)")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> GuideSettings:
+        """Settings from a config mapping; unknown keys are an error (a typo is not ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown guide settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def p_at(self, step: int) -> float:
+        """p_explore of training step ``step`` (1-based): p_0 * decay^(step - 1)."""
+        return self.p_explore * self.decay ** max(step - 1, 0)
+
+
+class DemonstrationGuide:
+    """A guide that replays the env's reference solution (``env.demonstrate(task)``).
+
+    The task is recognised by its prompt (the chat starts with it); the reply is the
+    demonstration's next assistant message after as many assistant turns as the chat already
+    has past the prompt.
+    """
+
+    def __init__(self, env: Any):
+        self.env = env
+        self._by_prompt: dict[str, Task] | None = None
+
+    async def generate(self, messages: Sequence[Mapping[str, Any]],
+                       tools: Sequence[Mapping[str, Any]] | None,
+                       sampling: SamplingParams) -> list[Completion]:
+        task = self._task_of(messages)
+        try:
+            demo = self.env.demonstrate(task)
+        except NotImplementedError as exc:
+            raise GuideError(f"{self.env.env_id} has no demonstrations") from exc
+        done = sum(m.get("role") == "assistant" for m in messages[len(task.prompt):])
+        replies = [m for m in demo[len(task.prompt):] if m.get("role") == "assistant"]
+        if done >= len(replies):
+            raise GuideError(f"the demonstration of {task.id} has {len(replies)} assistant "
+                             f"turns; the chat already has {done}")
+        return [Completion(text=_as_text(replies[done]))] * sampling.n
+
+    async def aclose(self) -> None:
+        """Nothing to release (the env belongs to the caller)."""
+
+    def _task_of(self, messages: Sequence[Mapping[str, Any]]) -> Task:
+        if self._by_prompt is None:
+            self._by_prompt = {_key(t.prompt): t for t in self.env.tasks}
+        for length in range(len(messages), 0, -1):
+            task = self._by_prompt.get(_key(messages[:length]))
+            if task is not None:
+                return task
+        raise GuideError("no task of the demonstration env starts this chat")
+
+
+class HintedGuide:
+    """A policy asked with ``hint`` appended to the system prompt (e.g. the embedded engine
+    told how to use the tools); its reply is the guide's proposal."""
+
+    def __init__(self, policy: Policy, hint: str):
+        self.policy, self.hint = policy, hint
+
+    async def generate(self, messages: Sequence[Mapping[str, Any]],
+                       tools: Sequence[Mapping[str, Any]] | None,
+                       sampling: SamplingParams) -> list[Completion]:
+        chat = [dict(m) for m in messages]
+        if chat and chat[0].get("role") == "system":
+            chat[0]["content"] = f"{chat[0].get('content') or ''}\n\n{self.hint}"
+        else:
+            chat.insert(0, {"role": "system", "content": self.hint})
+        return await self.policy.generate(chat, tools, sampling)
+
+    async def aclose(self) -> None:
+        """The wrapped policy is the caller's to close."""
+
+
+class GuidedPolicy:
+    """``policy`` with a ``guide`` that writes each turn with probability ``p_explore``.
+
+    Args:
+        policy: the policy being trained (its tokenizer encodes guide turns).
+        guide: any Policy (endpoint, :class:`HintedGuide`, :class:`DemonstrationGuide`).
+        p_explore: probability that the guide writes a turn (change it with :meth:`set_p`).
+        seed: seeds the per-turn choice.
+        tokenizer: the policy's tokenizer (default: ``policy.tokenizer``); without one, guide
+            turns carry text only (fine for eval, dropped by the trainer).
+
+    Attributes:
+        guide_turns, policy_turns: turns written by each since the last :meth:`reset_counts`.
+    """
+
+    def __init__(self, policy: Policy, guide: Policy, p_explore: float, seed: int = 0,
+                 tokenizer: Any = None):
+        self.policy, self.guide, self.seed = policy, guide, seed
+        self.set_p(p_explore)
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(policy, "tokenizer", None)
+        self.accepts_prefix_ids = bool(getattr(policy, "accepts_prefix_ids", False))
+        self._eos = _end_of_turn_id(policy, self.tokenizer)
+        self._fallback = random.Random(seed)
+        self._lock = threading.Lock()
+        self.guide_turns = self.policy_turns = 0
+
+    def set_p(self, p_explore: float) -> None:
+        """Use ``p_explore`` for turns from now on (the trainer's per-step decay)."""
+        if not 0.0 <= p_explore <= 1.0:
+            raise ValueError(f"p_explore must be in [0, 1], got {p_explore}")
+        self.p_explore = p_explore
+
+    def reset_counts(self) -> None:
+        """Zero :attr:`guide_turns` and :attr:`policy_turns`."""
+        self.guide_turns = self.policy_turns = 0
+
+    def guide_writes(self, messages: Sequence[Mapping[str, Any]],
+                     sampling: SamplingParams) -> bool:
+        """Whether the guide writes the turn that answers ``messages`` (seeded draw)."""
+        if sampling.seed is None:
+            with self._lock:
+                draw = self._fallback.random()
+        else:
+            draw = random.Random(f"{self.seed}:{sampling.seed}:{len(messages)}").random()
+        return draw < self.p_explore
+
+    async def generate(self, messages: Sequence[Mapping[str, Any]],
+                       tools: Sequence[Mapping[str, Any]] | None, sampling: SamplingParams,
+                       *, prefix_ids: Sequence[int] | None = None) -> list[Completion]:
+        """The guide's turn (tagged :data:`GUIDE_VERSION`) or the policy's.
+
+        Raises:
+            GuideError: the guide failed or its reply could not be encoded.
+            PolicyError: the policy failed.
+        """
+        if not self.guide_writes(messages, sampling):
+            self.policy_turns += 1
+            extra = {"prefix_ids": prefix_ids} if prefix_ids and self.accepts_prefix_ids else {}
+            return await self.policy.generate(messages, tools, sampling, **extra)
+        try:
+            proposals = await self.guide.generate(messages, tools,
+                                                  dataclasses.replace(sampling, n=1))
+        except GuideError:
+            raise
+        except Exception as exc:  # any guide failure is the episode's infra error
+            raise GuideError(f"guide failed: {type(exc).__name__}: {exc}") from exc
+        if not proposals:
+            raise GuideError("guide returned no completion")
+        self.guide_turns += 1
+        return [self._in_policy_tokens(proposals[0], messages, tools, prefix_ids)] * sampling.n
+
+    async def aclose(self) -> None:
+        """Close the guide and the policy."""
+        await self.guide.aclose()
+        await self.policy.aclose()
+
+    def _in_policy_tokens(self, proposal: Completion, messages: Sequence[Mapping[str, Any]],
+                          tools: Sequence[Mapping[str, Any]] | None,
+                          prefix_ids: Sequence[int] | None) -> Completion:
+        text = _as_text({"content": proposal.text,
+                         "tool_calls": [c.to_openai() for c in proposal.tool_calls
+                                        if c.error is None]})
+        if self.tokenizer is None:
+            return Completion(text=text, weight_version=GUIDE_VERSION)
+        try:
+            prompt = prompt_ids_for(self.tokenizer, messages, tools,
+                                    prefix_ids if self.accepts_prefix_ids else None,
+                                    {self._eos} if self._eos is not None else set())
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        except Exception as exc:
+            raise GuideError(f"could not encode the guide's turn: {exc}") from exc
+        if self._eos is not None:
+            ids.append(self._eos)
+        return Completion(text=text, prompt_token_ids=tuple(prompt),
+                          completion_token_ids=tuple(ids), logprobs=(0.0,) * len(ids),
+                          weight_version=GUIDE_VERSION)
+
+
+def guided_policy(settings: GuideSettings | Mapping[str, Any], policy: Policy,
+                  make_env: Callable[[], Any] | None = None) -> GuidedPolicy:
+    """A :class:`GuidedPolicy` around ``policy`` from a config's ``guide:`` block
+    (``make_env`` builds the env a demonstration guide replays)."""
+    if not isinstance(settings, GuideSettings):
+        settings = GuideSettings.from_dict({k: v for k, v in settings.items()})
+    if settings.kind == "demonstration":
+        if make_env is None:
+            raise ValueError("a demonstration guide needs the env factory")
+        guide: Policy = DemonstrationGuide(make_env())
+    elif settings.kind == "hint":
+        guide = HintedGuide(policy, settings.hint or "")
+    else:
+        from agentgym.policies.openai_client import OpenAIPolicy  # httpx, only when asked
+
+        guide = OpenAIPolicy(settings.base_url or "", settings.model)
+    return GuidedPolicy(policy, guide, settings.p_explore, settings.seed)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+def _key(messages: Sequence[Mapping[str, Any]]) -> str:
+    return json.dumps([[m.get("role"), m.get("content") or ""] for m in messages])
+
+
+def _as_text(message: Mapping[str, Any]) -> str:
+    """An assistant message as text, native tool calls written as Hermes ``<tool_call>``
+    blocks (the markup agentgym parses and the default model's template uses)."""
+    text = message.get("content") or ""
+    for call in message.get("tool_calls") or []:
+        function = call.get("function", call)
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as exc:
+                raise GuideError(f"guide tool call arguments are not JSON: {arguments!r}") \
+                    from exc
+        body = json.dumps({"name": function.get("name", ""), "arguments": arguments})
+        text = f"{text}\n<tool_call>\n{body}\n</tool_call>".lstrip("\n")
+    return text
+
+
+def _end_of_turn_id(policy: Any, tokenizer: Any) -> int | None:
+    """The token that ends an assistant turn for ``policy`` (``<|im_end|>`` for ChatML)."""
+    if tokenizer is None:
+        return None
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token) if hasattr(
+            tokenizer, "convert_tokens_to_ids") else None
+        if isinstance(token_id, int) and token_id != getattr(tokenizer, "unk_token_id", None):
+            return token_id
+    return getattr(tokenizer, "eos_token_id", None)
