@@ -15,6 +15,7 @@ from agentgym.eval.cli import json_object, register_commands
 from agentgym.policies.serve import prepare
 from agentgym.policies.serve import serve as run_server
 from agentgym.registry import env_class, list_envs
+from agentgym.world_model.cli import app as world_model_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Agentic tool-use RL environments, eval and training.")
@@ -26,6 +27,8 @@ def _mount_subcommands() -> None:
     from agentgym.sandbox.cli import app as sandbox_app
 
     app.add_typer(sandbox_app, name="sandbox", help="Build and check the code sandbox.")
+    app.add_typer(world_model_app, name="world-model",
+                  help="An LLM as a world model of the tools: record, measure fidelity.")
 
 
 _mount_subcommands()

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from agentgym.errors import AgentGymError
 from agentgym.registry import make
-from agentgym.trajectory_io import read_trajectories
-from agentgym.world_model.fidelity import FidelityReport, fidelity
+from agentgym.trajectory_io import TrajectoryWriter, read_trajectories
+from agentgym.world_model.fidelity import FidelityReport, fidelity, record_demonstrations
 from agentgym.world_model.simulator import ToolSimulator
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -78,3 +78,28 @@ def fidelity_command(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report.to_json(), indent=1, default=str), encoding="utf-8")
+
+
+@app.command("record")
+def record_command(
+    env_id: Annotated[str, typer.Argument(help="a registered env with demonstrations")],
+    out: Annotated[Path, typer.Option(help="the JSONL file of trajectories to write")],
+    split: Annotated[str, typer.Option(help="task split")] = "train",
+    num_examples: Annotated[int, typer.Option(help="first N tasks")] = 20,
+) -> None:
+    """Record trajectories with real tool results by playing the env's reference solutions."""
+    try:
+        env = make(env_id, split=split)
+        try:
+            trajectories = env._runner.run(record_demonstrations(env, num_examples))
+        finally:
+            env.close()
+    except (ValueError, AgentGymError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with TrajectoryWriter(out) as writer:
+        for trajectory in trajectories:
+            writer.write(trajectory)
+    calls = sum(len(t.tool_calls) for trajectory in trajectories for t in trajectory.turns)
+    typer.echo(f"{len(trajectories)} trajectories, {calls} tool calls -> {out}")

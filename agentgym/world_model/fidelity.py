@@ -33,7 +33,8 @@ from agentgym.eval.calibration import wilson_interval
 from agentgym.types import ToolCall, Trajectory
 from agentgym.world_model.simulator import SimulatorError, ToolSimulator
 
-__all__ = ["FidelityReport", "ToolFidelity", "fidelity", "normalise", "recorded_calls"]
+__all__ = ["FidelityReport", "ToolFidelity", "fidelity", "normalise", "record_demonstrations",
+           "recorded_calls"]
 
 _SPACE = re.compile(r"\s+")
 
@@ -168,3 +169,27 @@ async def fidelity(env: AgentEnv, trajectories: Iterable[Trajectory], simulator:
     names = sorted({r["tool"] for r in rows})
     return FidelityReport({n: ToolFidelity.of(n, [r for r in rows if r["tool"] == n])
                            for n in names}, ToolFidelity.of("all", rows), rows)
+
+
+async def record_demonstrations(env: AgentEnv, count: int) -> list[Trajectory]:
+    """Trajectories with real tool results: the env's reference solutions
+    (:meth:`~agentgym.env.AgentEnv.demonstrate`) of its first ``count`` tasks, played through
+    the real env (an oracle policy), for measuring fidelity without a trained model.
+
+    Raises:
+        ValueError: the env has no demonstrations.
+    """
+    trajectories = []
+    for task in env.tasks[:count]:
+        chat = env.demonstrate(task)
+        if chat is None:
+            raise ValueError(f"{env.env_id} has no demonstrations: record trajectories with "
+                             "'agentgym eval' (results.jsonl) instead")
+        obs, _ = await env.areset(options={"task_id": task.id})
+        for message in [m for m in chat[len(obs):] if m.get("role") == "assistant"]:
+            _, _, terminated, truncated, _ = await env.astep(dict(message))
+            if terminated or truncated:
+                break
+        trajectory = env.trajectory() or await env.atruncate()
+        trajectories.append(trajectory)
+    return trajectories

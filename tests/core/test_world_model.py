@@ -19,7 +19,7 @@ import agentgym
 from agentgym.testing import ToyEnv, add
 from agentgym.testing.stub_server import StubServer
 from agentgym.tools import tool
-from agentgym.trajectory_io import TrajectoryWriter
+from agentgym.trajectory_io import TrajectoryWriter, read_trajectories
 from agentgym.types import Task, ToolCall, ToolResult, Trajectory, Turn
 from agentgym.world_model import SimulatorError, ToolSimulator, fidelity, normalise
 from agentgym.world_model.cli import app
@@ -263,3 +263,16 @@ def test_fidelity_cli_rejects_trajectories_of_another_split(tmp_path):
                                       str(path), "--base-url", "http://127.0.0.1:9/v1",
                                       "--model", "m"])
     assert result.exit_code == 2 and "has no task 'calc-eval-0'" in result.output
+
+
+def test_record_plays_reference_solutions_through_the_real_env(tmp_path):
+    path = tmp_path / "demos.jsonl"
+    result = CliRunner().invoke(app, ["record", "agentgym/Calculator-v0", "--out", str(path),
+                                      "--num-examples", "3"])
+    assert result.exit_code == 0, result.output
+    trajectories = list(read_trajectories(path))
+    env = agentgym.make("agentgym/Calculator-v0", split="train", num_tasks=3)
+    answers = [t.metadata["answer_exact"] for t in env.tasks]
+    env.close()
+    assert [t.reward for t in trajectories] == [1.0, 1.0, 1.0]
+    assert [t.turns[0].tool_results[0].content for t in trajectories] == answers
