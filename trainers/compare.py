@@ -2,7 +2,8 @@
 on the same held-out tasks, and write one table and one plot.
 
 For every method (``sft``, ``rft``, ``rcsft``, ``grpo``, and ``dpo`` when trainers/dpo.py is
-there; ``base`` is the untrained model):
+there; ``base`` is the untrained model; ``sft_grpo`` is SFT then GRPO from the SFT policy,
+``steps`` steps each):
 
 1. load its config (``trainers/configs/<method>.yaml``, ``quickstart.yaml`` for ``grpo``; the
    trainer's defaults otherwise) and override the env, the model, the engine and
@@ -38,6 +39,7 @@ from agentgym.trainers.cli import TRAINERS
 from agentgym.trainers.config import load_config
 from agentgym.trainers.models import load_model, load_weights
 from agentgym.trainers.rcsft import ReturnConditionedPolicy
+from agentgym.trainers.rlhf import export_policy
 from agentgym.trainers.runs import RunDir
 
 __all__ = ["CONFIGS", "MethodResult", "compare_methods", "default_methods", "format_table"]
@@ -112,20 +114,40 @@ def _evaluate(label: str, policy: Policy, env_id: str, out: Path, examples: int,
     return result.summary["mean_reward"], result.summary["ci95"]
 
 
-def _run_method(method: str, env_id: str, steps: int, out: Path, overrides: dict[str, Any],
-                env_kwargs: dict[str, Any], eval_examples: int, eval_env_kwargs: dict[str, Any],
-                ) -> MethodResult:
-    """Train and evaluate one method."""
+def _train(method: str, run_name: str, env_id: str, steps: int, out: Path,
+           overrides: dict[str, Any], env_kwargs: dict[str, Any]) -> tuple[Path, Any, float]:
+    """Train ``method`` with its config; returns (run folder, config, wall seconds)."""
     config_cls, train = TRAINERS[method]()
     path = CONFIG_DIR / CONFIGS.get(method, f"{method}.yaml")
     base = load_config(config_cls, path if path.exists() else None)
     config = load_config(config_cls, path if path.exists() else None, {
         "env_id": env_id, "env_kwargs": {**base.env_kwargs, **env_kwargs}, "max_steps": steps,
-        "save_steps": steps, "output_dir": str(out / "train"), "run_name": method,
+        "save_steps": steps, "output_dir": str(out / "train"), "run_name": run_name,
         "report_to": [], **overrides})
     started = time.perf_counter()
     run_dir = Path(train(config))
-    train_s = time.perf_counter() - started
+    return run_dir, config, time.perf_counter() - started
+
+
+def _run_method(method: str, env_id: str, steps: int, out: Path,
+                overrides: dict[str, dict[str, Any]], env_kwargs: dict[str, Any],
+                eval_examples: int, eval_env_kwargs: dict[str, Any]) -> MethodResult:
+    """Train and evaluate one method; ``sft_grpo`` is SFT for ``steps`` steps, then GRPO
+    for ``steps`` steps from the SFT policy (LoRA merged)."""
+    if method == "sft_grpo":
+        sft_run, _, sft_s = _train("sft", "sft_grpo-sft", env_id, steps, out,
+                                   overrides["sft"], env_kwargs)
+        start = out / "train" / "sft_grpo-policy"
+        if not start.exists():
+            export_policy(sft_run, start)
+        run_dir, config, train_s = _train("grpo", method, env_id, steps, out,
+                                          {**overrides["grpo"], "model": str(start)},
+                                          env_kwargs)
+        train_s, tokens = train_s + sft_s, _trained_tokens(run_dir) + _trained_tokens(sft_run)
+    else:
+        run_dir, config, train_s = _train(method, method, env_id, steps, out,
+                                          overrides[method], env_kwargs)
+        tokens = _trained_tokens(run_dir)
     policy: Policy = _final_policy(run_dir, config)
     if method == "rcsft":
         policy = _conditioned(policy, run_dir, env_id, eval_env_kwargs)
@@ -134,8 +156,7 @@ def _run_method(method: str, env_id: str, steps: int, out: Path, overrides: dict
                                 config.max_completion_length, eval_env_kwargs)
     finally:
         asyncio.run(policy.aclose())
-    return MethodResult(method, success, ci, round(train_s, 1), _trained_tokens(run_dir),
-                        str(run_dir))
+    return MethodResult(method, success, ci, round(train_s, 1), tokens, str(run_dir))
 
 
 def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
@@ -173,12 +194,14 @@ def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
                 finally:
                     asyncio.run(policy.aclose())
                 row = MethodResult("base", success, ci)
-            elif method not in TRAINERS:
-                raise ValueError(f"unknown method {method!r}; choose from base, "
+            elif method not in TRAINERS and method != "sft_grpo":
+                raise ValueError(f"unknown method {method!r}; choose from base, sft_grpo, "
                                  f"{', '.join(sorted(TRAINERS))}")
             else:
-                fields = {"model": model, "engine": engine, **(overrides or {}).get("*", {}),
-                          **(overrides or {}).get(method, {})}
+                given = overrides or {}
+                fields = {name: {"model": model, "engine": engine, **given.get("*", {}),
+                                 **given.get(name, {})}
+                          for name in {method, "sft", "grpo"}}
                 row = _run_method(method, env_id, steps, out, fields, env_kwargs,
                                   eval_examples, eval_env_kwargs)
         except Exception as exc:  # one method's failure is its row, not the end of the table

@@ -199,7 +199,7 @@ async def train_async(config: RCSFTConfig, resume: str | Path | None = None) -> 
     model, tokenizer = load_trainee(config)
     session = await open_session(config, resume, model, tokenizer, world=world,
                                  group_size=config.num_generations, kl_coef=0.0)
-    env = make_env_factory(config.env_id, config.env_kwargs)()
+    env = make_env_factory(config.env_id, config.env_kwargs, config.rewards)()
     try:
         trajectories = await _trajectories(session)
         examples, labels = await labelled_sequences(trajectories, env, tokenizer,

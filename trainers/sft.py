@@ -208,7 +208,7 @@ async def train_async(config: SFTConfig, resume: str | Path | None = None) -> Pa
     seed_everything(config.seed)
     world = join_world(config.distributed_timeout_s)
     model, tokenizer = load_trainee(config)
-    env = make_env_factory(config.env_id, config.env_kwargs)()
+    env = make_env_factory(config.env_id, config.env_kwargs, config.rewards)()
     try:
         examples = await load_examples(config, env, tokenizer, eos_ids_of(model, tokenizer))
     finally:
