@@ -63,6 +63,7 @@ reduction by FSDP with a sum (not mean) divide factor, the value head still all-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
@@ -130,7 +131,8 @@ class World:
         if self.world_size == 1:
             return items
         parts: list[list[T] | None] = [None] * self.world_size
-        dist.all_gather_object(parts, items)
+        with self._current_device():
+            dist.all_gather_object(parts, items)
         return [item for part in parts for item in part or []]
 
     def sum(self, values: Mapping[str, N]) -> dict[str, N]:
@@ -166,8 +168,17 @@ class World:
         if self.world_size == 1:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        with self._current_device():
+            dist.broadcast_object_list(box, src=0, device=self.device)
         return box[0]
+
+    def _current_device(self) -> contextlib.AbstractContextManager:
+        """Make this rank's GPU the thread's current CUDA device (NCCL's object collectives
+        use it; a worker thread, such as the embedded engine's compute thread, starts on GPU
+        0 whatever the rank)."""
+        if self.device.type == "cuda":
+            return torch.cuda.device(self.device)
+        return contextlib.nullcontext()
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""
