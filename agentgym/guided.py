@@ -55,7 +55,8 @@ from agentgym.policy import Completion, Policy, SamplingParams
 from agentgym.types import Task, Trajectory
 
 __all__ = ["GUIDE_VERSION", "DemonstrationGuide", "GuideError", "GuideSettings", "GuidedPolicy",
-           "HintedGuide", "guide_turn_indices", "guided_policy"]
+           "HintedGuide", "end_of_turn_id", "guide_turn_indices", "guided_policy",
+           "written_turn"]
 
 GUIDE_VERSION = "guide"
 """``Turn.weight_version`` of a turn the guide wrote."""
@@ -199,7 +200,7 @@ class GuidedPolicy:
         self.set_p(p_explore)
         self.tokenizer = tokenizer if tokenizer is not None else getattr(policy, "tokenizer", None)
         self.accepts_prefix_ids = bool(getattr(policy, "accepts_prefix_ids", False))
-        self._eos = _end_of_turn_id(policy, self.tokenizer)
+        self._eos = end_of_turn_id(policy, self.tokenizer)
         self._fallback = random.Random(seed)
         self._lock = threading.Lock()
         self.guide_turns = self.policy_turns = 0
@@ -257,23 +258,32 @@ class GuidedPolicy:
     def _in_policy_tokens(self, proposal: Completion, messages: Sequence[Mapping[str, Any]],
                           tools: Sequence[Mapping[str, Any]] | None,
                           prefix_ids: Sequence[int] | None) -> Completion:
-        text = _as_text({"content": proposal.text,
-                         "tool_calls": [c.to_openai() for c in proposal.tool_calls
-                                        if c.error is None]})
-        if self.tokenizer is None:
-            return Completion(text=text, weight_version=GUIDE_VERSION)
         try:
-            prompt = prompt_ids_for(self.tokenizer, messages, tools,
-                                    prefix_ids if self.accepts_prefix_ids else None,
-                                    {self._eos} if self._eos is not None else set())
-            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            return written_turn(proposal, self.tokenizer, self._eos, messages, tools,
+                                prefix_ids if self.accepts_prefix_ids else None, GUIDE_VERSION)
         except Exception as exc:
             raise GuideError(f"could not encode the guide's turn: {exc}") from exc
-        if self._eos is not None:
-            ids.append(self._eos)
-        return Completion(text=text, prompt_token_ids=tuple(prompt),
-                          completion_token_ids=tuple(ids), logprobs=(0.0,) * len(ids),
-                          weight_version=GUIDE_VERSION)
+
+
+def written_turn(proposal: Completion, tokenizer: Any, eos_id: int | None,
+                 messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None,
+                 prefix_ids: Sequence[int] | None, version: str) -> Completion:
+    """Another model's reply as a turn in the trained policy's tokens: its text (tool calls as
+    ``<tool_call>`` markup) encoded with ``tokenizer`` and closed by ``eos_id``, the prompt
+    rendered (or continued from ``prefix_ids``) as the policy would, logprobs 0.0 (log mu of a
+    deterministic proposal), ``weight_version=version``. Without a tokenizer: text only."""
+    text = _as_text({"content": proposal.text,
+                     "tool_calls": [c.to_openai() for c in proposal.tool_calls
+                                    if c.error is None]})
+    if tokenizer is None:
+        return Completion(text=text, weight_version=version)
+    prompt = prompt_ids_for(tokenizer, messages, tools, prefix_ids,
+                            {eos_id} if eos_id is not None else set())
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if eos_id is not None:
+        ids.append(eos_id)
+    return Completion(text=text, prompt_token_ids=tuple(prompt), completion_token_ids=tuple(ids),
+                      logprobs=(0.0,) * len(ids), weight_version=version)
 
 
 def guided_policy(settings: GuideSettings | Mapping[str, Any], policy: Policy,
@@ -319,7 +329,7 @@ def _as_text(message: Mapping[str, Any]) -> str:
     return text
 
 
-def _end_of_turn_id(policy: Any, tokenizer: Any) -> int | None:
+def end_of_turn_id(policy: Any, tokenizer: Any) -> int | None:
     """The token that ends an assistant turn for ``policy`` (``<|im_end|>`` for ChatML)."""
     if tokenizer is None:
         return None

@@ -218,6 +218,10 @@ class TrainerConfig:
     """LLM-guided exploration (:mod:`agentgym.guided`): ``{kind: demonstration | endpoint |
     hint, p_explore: 0.5, decay: 0.9, ...}``; a guide writes each turn with probability
     p_explore * decay^(step - 1), its tokens importance-weighted. None: the policy alone."""
+    hierarchy: dict[str, Any] | None = None
+    """A planner writes sub-goals, an executor solves them (:mod:`agentgym.hierarchical`):
+    ``{train_level: planner | executor, fixed: {base_url, model}, max_subgoals: 3}``; the
+    trained policy plays ``train_level`` and only its tokens get loss mask 1. None: flat."""
 
 
 ConfigT = TypeVar("ConfigT", bound=TrainerConfig)
@@ -308,8 +312,12 @@ def make_rollout_engine(config: TrainerConfig, policy: Policy, group_size: int) 
             raise ValueError("guide needs max_staleness: 0 (guide turns carry no weight version)")
         policy = guided_policy(config.guide, policy, make_env_factory(config.env_id,
                                                                       config.env_kwargs))
-    return RolloutEngine(make_env_factory(config.env_id, config.env_kwargs, config.rewards,
-                                          policy), policy,
+    factory = make_env_factory(config.env_id, config.env_kwargs, config.rewards, policy)
+    if config.hierarchy is not None:
+        from agentgym.hierarchical import hierarchical_parts
+
+        policy, factory = hierarchical_parts(config.hierarchy, policy, factory)
+    return RolloutEngine(factory, policy,
                          RolloutConfig(group_size=group_size,
                                        max_concurrent=config.max_concurrent))
 
@@ -511,7 +519,12 @@ class TrainingSession(Generic[ConfigT]):
 
             self.engine.policy.set_p(GuideSettings.from_dict(self.config.guide).p_at(step))
         self.resampled_before = self.engine.resampled
-        return await self.engine.run_groups(self.world.shard(task_ids))
+        groups = await self.engine.run_groups(self.world.shard(task_ids))
+        if self.config.hierarchy is not None:  # train one level: the other's turns are context
+            from agentgym.hierarchical import trained_groups
+
+            groups = trained_groups(groups, self.config.hierarchy)
+        return groups
 
     async def compute(self, fn: Callable[..., T], *args: Any, version: int | None = None) -> T:
         """Run the trainer's compute ``fn(*args)``: in the embedded engine's compute thread when
