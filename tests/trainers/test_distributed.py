@@ -36,6 +36,7 @@ SMOKE = "trainers/configs/smoke.yaml"
 PPO_SMOKE = "trainers/configs/ppo_smoke.yaml"
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 DEADLINE_S = 600  # a failure detector with headroom for a busy machine, not a timing
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}  # gloo ranks on the CPU, on a GPU machine too
 # (loss_type, beta, rank 1 gets no sequences)
 CASES = [("dapo", 0.0, False), ("grpo", 0.0, False), ("dr_grpo", 0.0, False),
          ("dapo", 0.1, False), ("dapo", 0.0, True)]
@@ -129,7 +130,7 @@ def one_ppo_update(world: World, whiten: bool, kl_coef: float, minibatches: int,
 
 def update_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **CPU_ONLY)
     torch.set_num_threads(1)
     world = join_world(timeout_s=120)
     try:
@@ -194,7 +195,7 @@ def test_two_rank_ppo_update_equals_the_whole_batch_update(two_rank_updates):
 def dying_worker(rank: int, port: int, out: str) -> None:
     """Rank 1 dies right after joining; rank 0 reports what its next collective did."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **CPU_ONLY)
     world = join_world(timeout_s=30)
     if rank == 1:
         os._exit(3)  # killed: no exception, no goodbye
@@ -228,7 +229,7 @@ def torchrun(*args: str) -> None:
     command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "agentgym.trainers.cli",
                *args, "--report_to", "[]", "--distributed_timeout_s", "120"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **CPU_ONLY})
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -255,7 +256,8 @@ def two_rank_run(tmp_path_factory) -> Path:
 
 def test_two_ranks_take_the_single_process_step(two_rank_run, tmp_path):
     config = load_config(GRPOConfig, SMOKE, {"max_steps": 1, "output_dir": str(tmp_path),
-                                             "run_name": "single", "report_to": []})
+                                             "run_name": "single", "report_to": [],
+                                             "device": "cpu"})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the ranks' numerics (torchrun sets OMP_NUM_THREADS=1)
     try:
@@ -322,7 +324,8 @@ def two_rank_ppo_run(tmp_path_factory) -> Path:
 
 def test_two_ppo_ranks_take_the_single_process_step(two_rank_ppo_run, tmp_path):
     config = load_config(ppo.PPOConfig, PPO_SMOKE, {"max_steps": 1, "output_dir": str(tmp_path),
-                                                    "run_name": "single", "report_to": []})
+                                                    "run_name": "single", "report_to": [],
+                                                    "device": "cpu"})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the ranks' numerics (torchrun sets OMP_NUM_THREADS=1)
     try:

@@ -90,7 +90,8 @@ async def failed_start(world: World) -> str:
 
 def worker(rank: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      CUDA_VISIBLE_DEVICES="")  # gloo ranks on the CPU, on a GPU machine too
     world = join_world(timeout_s=120)
     try:
         if rank == 0:
