@@ -8,6 +8,7 @@ model name each request was routed to, so the test sees which weights every rank
 """
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
@@ -152,3 +153,80 @@ def test_one_process_uses_the_server_and_its_sync_as_they_are():
             return text
 
     assert asyncio.run(run()) == ("policy-v0", 0)
+
+
+# --- a 2-rank GRPO run with engine "vllm": the trainer's wiring around the shared server ------
+
+class StubVLLMServer:
+    """What the trainer uses of ``VLLMServer``, served by the stub server: replies name the
+    model each request was routed to, and every routed name is recorded."""
+
+    def __init__(self, settings):
+        self.routed: list[str] = []
+        self.stub = StubServer(self.reply)
+        self.on_restart: list = []
+        SERVERS.append(self)
+
+    def reply(self, request) -> str:
+        self.routed.append(request["model"])
+        return request["model"]
+
+    @property
+    def base_url(self) -> str:
+        return self.stub.base_url
+
+    async def start(self) -> None:
+        self.stub.__enter__()
+
+    async def stop(self) -> None:
+        self.stub.__exit__(None, None, None)
+
+
+SERVERS: list[StubVLLMServer] = []
+
+
+class RoutingSync(ScriptedSync):
+    """Rank 0's sync into the stub: routes to ``policy-v<N>`` (never refused)."""
+
+    async def push(self, model, version=None) -> int:
+        new = self.version + 1 if version is None else version
+        self.policy.set_model(f"policy-v{new}", new)
+        self.version = new
+        return new
+
+
+def train_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="",
+                      OMP_NUM_THREADS="1")
+    from agentgym.trainers import common, grpo
+    from agentgym.trainers.config import load_config
+
+    common.VLLMServer = StubVLLMServer  # only rank 0 may start one
+    common.vllm_settings = lambda config: None
+    common.server_sync = lambda config, server, policy, run_path: RoutingSync(policy)
+    config = load_config(grpo.GRPOConfig, "trainers/configs/smoke.yaml", {
+        "engine": "vllm", "max_steps": 2, "tasks_per_step": 4, "num_generations": 4,
+        "save_steps": 2, "report_to": [], "device": "cpu", "output_dir": out,
+        "run_name": "run", "distributed_timeout_s": 120})
+    grpo.train(config)
+    torch.save({"servers": [server.routed for server in SERVERS]}, Path(out) / f"rank{rank}.pt")
+
+
+def test_a_two_rank_run_with_engine_vllm_shares_rank_0s_server(tmp_path):
+    context = mp.start_processes(train_worker, args=(free_port(), str(tmp_path)), nprocs=2,
+                                 join=False, start_method="spawn")
+    deadline = time.time() + DEADLINE_S
+    while not context.join(timeout=1):  # raises if a rank failed
+        if time.time() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two ranks did not finish in time")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[1]["servers"] == []  # rank 1 started no server
+    [routed] = ranks[0]["servers"]
+    # both ranks' 16 episodes per step went to rank 0's server, step 1 on the weights of
+    # version 0 and step 2 on those rank 0 pushed after step 1 (not one request before)
+    assert routed == ["policy-v0"] * 16 + ["policy-v1"] * 16
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [row["episodes"] for row in rows] == [16, 16]
