@@ -94,6 +94,14 @@ def _final_policy(run_dir: Path, config: Any) -> HFEngine:
     return HFEngine(model, tokenizer, max_batch_size=16)
 
 
+def _base_policy(name: str) -> HFEngine:
+    """The embedded engine on the untrained model ``name`` (as trainers load it)."""
+    model, tokenizer = load_model(name, lora=False, lora_r=0, lora_alpha=0, lora_dropout=0.0,
+                                  lora_target_modules=[], seed=0)
+    model.eval()
+    return HFEngine(model, tokenizer, max_batch_size=16)
+
+
 def _conditioned(policy: Policy, run_dir: Path, env_id: str,
                  env_kwargs: dict[str, Any]) -> Policy:
     """RCSFT's policy asked for the highest return of its data."""
@@ -186,8 +194,7 @@ def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
     for method in methods or default_methods():
         try:
             if method == "base":
-                policy = HFEngine.from_pretrained(None if model == "smollm2" else model,
-                                                  max_batch_size=16)
+                policy = _base_policy(model)
                 try:
                     success, ci = _evaluate("base", policy, env_id, out / "eval",
                                             eval_examples, max_tokens, eval_env_kwargs)
