@@ -10,7 +10,7 @@ Both launchers start one process per GPU (or per CPU share) and set ``RANK``, ``
 process group (NCCL when CUDA is present, each rank on ``cuda:LOCAL_RANK``; gloo on CPU). A
 plain ``agentgym train`` is the world of one, where every method below is a no-op.
 
-How a step is shared (see grpo.py):
+How a step is shared (see grpo.py and ppo.py):
 
 * every rank draws the same tasks from the same seeded task RNG and plays only its contiguous
   share of them (:meth:`World.shard`) with its own embedded engine. Episode ``i`` of a group
@@ -19,6 +19,9 @@ How a step is shared (see grpo.py):
 * the loss is normalised by the *global* batch (rows and policy tokens summed over ranks), so
   each rank's gradient is its share of the single-process gradient and :meth:`World.
   reduce_gradients` **sums** them (an all-reduce after the micro-batches, before clipping);
+  PPO's batch-wide statistics (whitening) use moments summed over ranks (:meth:`World.
+  all_sum`), and its minibatches are one shuffle of the global rows (:meth:`World.offset`
+  says which of them a rank holds), each normalised by its global policy tokens;
   clipping and AdamW then run identically on every rank, and the weights stay equal;
 * metrics: loss statistics are summed (each is already weighted by the rank's share), counts
   are summed, and the groups are gathered so that rank 0 logs the same reward mean and samples
