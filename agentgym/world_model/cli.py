@@ -57,12 +57,15 @@ def fidelity_command(
     limit: Annotated[int | None, typer.Option(help="compare at most N calls")] = None,
     max_tokens: Annotated[int, typer.Option(help="prediction length cap")] = 256,
     max_concurrent: Annotated[int, typer.Option(help="predictions in flight")] = 4,
+    timeout: Annotated[float, typer.Option(help="seconds per prediction (the embedded engine "
+                                                "on a busy CPU is slow)")] = 600.0,
     out: Annotated[Path | None, typer.Option(help="write the report (with rows) as JSON")] = None,
 ) -> None:
     """Replay recorded tool calls through a simulator; share of matching results per tool."""
     settings = {k: v for k, v in {"base_url": base_url, "model": model, "engine": engine,
                                   "max_tokens": max_tokens,
-                                  "max_concurrent": max_concurrent}.items() if v is not None}
+                                  "max_concurrent": max_concurrent,
+                                  "timeout_s": timeout}.items() if v is not None}
     try:
         simulator = ToolSimulator.from_settings(settings)
         env = make(env_id, split=split)
