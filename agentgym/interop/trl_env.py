@@ -65,7 +65,8 @@ from agentgym._sync import SyncRunner
 from agentgym.errors import RewardError
 from agentgym.policies.model_prep import chat_template as agentgym_chat_template
 from agentgym.registry import make
-from agentgym.types import Trajectory
+from agentgym.rewards.rubric import Rubric
+from agentgym.types import Task, Trajectory
 
 __all__ = ["HERMES_RESPONSE_TEMPLATE", "AgentGymTRLEnv", "RubricReward", "TRLAdapter"]
 
@@ -339,6 +340,16 @@ class TRLAdapter:
         return instance
 
     @property
+    def tasks(self) -> tuple[Task, ...]:
+        """The tasks of the adapter's split."""
+        return self._probe.tasks
+
+    @property
+    def rubric(self) -> Rubric:
+        """The environment's rubric (what :attr:`reward_func` returns)."""
+        return self._probe.rubric
+
+    @property
     def tool_names(self) -> list[str]:
         """The tools TRL will offer, by name."""
         return [t.name for t in self._probe._all_tools()]
@@ -346,7 +357,7 @@ class TRLAdapter:
     def rows(self, limit: int | None = None) -> list[dict[str, Any]]:
         """One row per task of the split: ``prompt`` (the opening chat, last message emptied)
         and ``task_id``."""
-        tasks = self._probe.tasks if limit is None else self._probe.tasks[:limit]
+        tasks = self.tasks if limit is None else self.tasks[:limit]
         rows = []
         for task in tasks:
             prompt = [dict(m) for m in task.prompt]
@@ -373,7 +384,7 @@ class TRLAdapter:
 
     def _score_groups(self, trajectories: list[Trajectory | None]) -> list[Trajectory | None]:
         """Add the rubric's group components per task (a group with a failed episode: None)."""
-        rubric = self._probe.rubric
+        rubric = self.rubric
         if not rubric.group_rewards:
             return trajectories
         groups: dict[str, list[int]] = collections.defaultdict(list)
@@ -387,7 +398,7 @@ class TRLAdapter:
                 for i in indices:
                     out[i] = None
                 continue
-            task = next(t for t in self._probe.tasks if t.id == task_id)
+            task = next(t for t in self.tasks if t.id == task_id)
             try:
                 scored = self._runner.run(rubric.score_group(members, task))
             except RewardError as exc:
