@@ -19,7 +19,7 @@ RLSF = "trainers/configs/rlsf.yaml"
 def test_one_shot_config_trains_on_the_highest_variance_example_deterministically():
     config = load_config(GRPOConfig, ONE_SHOT)
     assert config.env_id == "agentgym/OneShotRLVR-v0" and config.model == "smollm2"
-    assert config.lora and config.engine == "hf" and config.max_steps >= 10
+    assert config.lora and config.engine == "hf" and config.max_steps >= 8
     expected, variance = select_example(load_history(DEFAULT_HISTORY))
     assert variance > 0  # a problem the model sometimes solves, sometimes not
     chosen = []
