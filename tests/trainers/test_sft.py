@@ -112,7 +112,8 @@ def test_replayed_demonstration_masks_only_the_assistant_tokens():
                                                   strict=True) if m])
     masked = tokenizer.decode([t for t, m in zip(sequence.response_ids, sequence.loss_mask,
                                                  strict=True) if not m])
-    call = f'{{"name": "calculate", "arguments": {{"expression": "{task.metadata["expression"]}"}}}}'
+    expression = task.metadata["expression"]
+    call = f'{{"name": "calculate", "arguments": {{"expression": "{expression}"}}}}'
     assert trained == f"<tool_call>\n{call}\n</tool_call><|im_end|><answer>{answer}</answer>" \
                       "<|im_end|>"
     assert masked == f"\n<|im_start|>user\n<tool_response>\n{answer}\n</tool_response>" \
