@@ -62,6 +62,7 @@ positions, so the ``[B, T, V]`` float32 logits never exist at once.
 from __future__ import annotations
 
 import asyncio
+import bisect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,23 +253,24 @@ def turn_ends(sequence: TokenSequence, completion_lengths: list[int]) -> list[in
 
 def turn_reward_tokens(sequences: list[TokenSequence], trajectories: list[Trajectory],
                        width: int, device: torch.device) -> torch.Tensor | None:
-    """``[B, R]``: each trajectory's ``turn_rewards[k]`` on turn k's last policy token, zeros
-    elsewhere; None when no trajectory has per-turn terms.
+    """``[B, R]``: each trajectory's ``turn_rewards[k]`` on the last policy token of turn k,
+    zeros elsewhere; None when no trajectory has per-turn terms.
 
-    Raises:
-        ValueError: a trajectory has more per-turn terms than turns.
+    A trajectory may hold only some of its episode's turns (``turn.index`` numbers them in
+    the episode; hierarchical training keeps one level's): the term of a turn that is not
+    trained goes to the last trained turn before it, as the env's own transitions do (with
+    gamma 1 the shaping terms between two trained turns telescope to one potential-based
+    term), or to the first trained turn if none is before it.
     """
     if not any(t.turn_rewards for t in trajectories):
         return None
     rows = [[0.0] * width for _ in sequences]
     for row, sequence, trajectory in zip(rows, sequences, trajectories, strict=True):
-        terms = trajectory.turn_rewards
-        if len(terms) > len(trajectory.turns):
-            raise ValueError(f"trajectory {trajectory.task_id!r} has {len(terms)} per-turn "
-                             f"reward terms for {len(trajectory.turns)} turns")
-        lengths = [len(turn.completion_token_ids) for turn in trajectory.turns]
-        for position, term in zip(turn_ends(sequence, lengths), terms, strict=False):
-            row[position] += term
+        ends = turn_ends(sequence, [len(turn.completion_token_ids) for turn in trajectory.turns])
+        indices = [turn.index for turn in trajectory.turns]
+        for k, term in enumerate(trajectory.turn_rewards):
+            slot = max(bisect.bisect_right(indices, k) - 1, 0)
+            row[ends[slot]] += term
     return torch.tensor(rows, dtype=torch.float32, device=device)  # [B, R]
 
 

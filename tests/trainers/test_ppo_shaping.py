@@ -43,9 +43,12 @@ def test_turn_reward_tokens_place_each_term_on_its_turn():
                                              [0.0] * 7]))
     plain = [Trajectory("e", "b", (), turns=(turn(0, 3),), reward=0.0)]
     assert ppo.turn_reward_tokens(sequences[1:], plain, 3, torch.device("cpu")) is None
-    too_many = [Trajectory("e", "b", (), turns=(turn(0, 3),), turn_rewards=(1.0, 2.0))]
-    with pytest.raises(ValueError, match="2 per-turn reward terms for 1 turns"):
-        ppo.turn_reward_tokens(sequences[1:], too_many, 3, torch.device("cpu"))
+    # turns 0 and 2 kept (turn 1 was another level's, hierarchical training): its term goes
+    # to the last trained turn before it
+    partial = [Trajectory("e", "a", (), turns=(turn(0, 2), turn(2, 3)),
+                          turn_rewards=(0.25, 1.0, -0.5))]
+    tokens = ppo.turn_reward_tokens(sequences[:1], partial, 6, torch.device("cpu"))
+    assert torch.equal(tokens, torch.tensor([[0.0, 1.25, 0.0, 0.0, 0.0, -0.5]]))
 
 
 def test_token_rewards_add_the_turn_terms_to_the_score_and_kl():
