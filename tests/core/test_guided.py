@@ -238,3 +238,34 @@ def test_trainer_config_wraps_the_policy_and_rejects_staleness():
                            guide={"kind": "demonstration"})
         with pytest.raises(ValueError, match="max_staleness"):
             make_rollout_engine(stale, policy, group_size=2)
+
+
+def test_grpo_steps_train_on_guide_turns_with_decaying_p(tmp_path):
+    """Two GRPO steps (tiny model) with an endpoint guide: step 1 (p = 1) is all guide turns,
+    trained on (policy_tokens > 0, a gradient); step 2 uses p = 1 * 0.5."""
+    require_train_stack()
+    from agentgym.trainers.grpo import GRPOConfig, train
+
+    def guide(request):  # a different share of the requested digit per task and call
+        digit = next(c for c in request["messages"][-1]["content"] if c.isdigit())
+        guide.calls += 1
+        return digit * (guide.calls % 4) + "x" * (4 - guide.calls % 4)
+    guide.calls = 0
+
+    with StubServer(guide) as server:
+        config = GRPOConfig(
+            model="tiny", env_id="agentgym.trainers.smoke:DigitEnv", engine="hf", lora=False,
+            num_generations=4, tasks_per_step=2, max_completion_length=8, max_steps=2,
+            micro_batch_size=8, learning_rate=1e-3, save_steps=2, report_to=[], log_samples=8,
+            output_dir=str(tmp_path), run_name="guided",
+            guide={"kind": "endpoint", "base_url": server.base_url, "p_explore": 1.0,
+                   "decay": 0.5, "seed": 0})
+        run = train(config)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    first = [s for s in samples if s["step"] == 1]
+    assert first and all(t["weight_version"] == GUIDE_VERSION
+                         for s in first for t in s["turns"])
+    assert rows[0]["policy_tokens"] > 0 and rows[0]["grad_norm"] > 0  # guide tokens trained
+    second = [t["weight_version"] for s in samples if s["step"] == 2 for t in s["turns"]]
+    assert 0 < second.count(GUIDE_VERSION) < len(second)  # p = 0.5 at step 2
