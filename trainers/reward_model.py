@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ from agentgym.types import Trajectory
 __all__ = ["RewardModelConfig", "RewardModelScorer", "bradley_terry_loss", "pairwise_accuracy",
            "score_head_for", "sequence_scores", "train", "wilson_interval"]
 
+logger = logging.getLogger(__name__)
+
 HEAD = "score_head"
 """The head's name in checkpoints (``checkpoints/step_N/score_head.pt``)."""
 
@@ -100,6 +103,11 @@ class RewardModelConfig(OfflineConfig):
     """Mining: eval-split tasks played for the held-out pairs."""
     num_generations: int = 4
     """Mining: episodes per task."""
+    turn_timeout_s: float | None = 1800.0
+    """Mining: deadline of one policy turn (generous: mining plays many episodes at once, and
+    a turn waits for the whole batch); None: none."""
+    episode_timeout_s: float | None = 3600.0
+    """Mining: deadline of one episode; None: none."""
     max_steps: int = 40
     """Optimiser steps."""
     learning_rate: float = 1e-4
@@ -210,7 +218,9 @@ async def mine_split(s: TrainingSession[RewardModelConfig], split: str,
     config = s.config
     engine = RolloutEngine(env_factory(config.env_id, split, config.env_kwargs), s.policy,
                            RolloutConfig(group_size=config.num_generations,
-                                         max_concurrent=config.max_concurrent))
+                                         max_concurrent=config.max_concurrent,
+                                         turn_timeout_s=config.turn_timeout_s,
+                                         episode_timeout_s=config.episode_timeout_s))
     try:
         engine.set_sampling(step_sampling(config, 0 if split == "train" else 1))
         ids = [t.id for t in engine.tasks][:count]
@@ -218,6 +228,13 @@ async def mine_split(s: TrainingSession[RewardModelConfig], split: str,
     finally:
         await engine.aclose()
     mined = mine_pairs(groups)
+    failed = sum(t.error is not None for g in groups for t in g.trajectories)
+    logger.info("mined %d pairs from %d %s groups (%d failed episodes)", len(mined), len(groups),
+                split, failed)
+    if failed and not mined:
+        first = next(t.error for g in groups for t in g.trajectories if t.error is not None)
+        raise RuntimeError(f"mining on {split}: {failed} episodes failed, no pair (first: "
+                           f"{first.type}: {first.message})")
     write_pairs(mined, s.run.path / ("pairs.jsonl" if split == "train"
                                      else "heldout_pairs.jsonl"))
     return to_token_pairs(mined)[0]
@@ -231,13 +248,13 @@ async def load_data(s: TrainingSession[RewardModelConfig]) -> tuple[list[TokenPa
                                   else None)
     train_pairs = read_pairs(train_file, s.tokenizer) if train_file \
         else await mine_split(s, "train", config.collect_tasks)
+    if not train_pairs:
+        raise ValueError("no training pairs: no group had a reward spread (more collect_tasks, "
+                         "num_generations, or a shaped reward)")
     eval_file = config.eval_pairs or (path / "heldout_pairs.jsonl"
                                       if (path / "heldout_pairs.jsonl").exists() else None)
     eval_pairs = read_pairs(eval_file, s.tokenizer) if eval_file \
         else await mine_split(s, "eval", config.eval_tasks)
-    if not train_pairs:
-        raise ValueError("no training pairs: no group had a reward spread (more collect_tasks, "
-                         "num_generations, or a shaped reward)")
     return train_pairs, eval_pairs
 
 
