@@ -24,7 +24,7 @@ wheels=(
   "$(locked gymnasium)" "$(locked Farama-Notifications)" "$(locked jsonschema)"
   "$(locked jsonschema-specifications)" "$(locked referencing)" "$(locked rpds-py)"
   "$(locked pytest-asyncio)" "$(locked dill)"
-  "trl==1.16.0" "datasets==5.2.0" "multiprocess==0.70.19"   # the baseline (bench extra)
+  "$(locked trl)" "$(locked datasets)" "$(locked multiprocess)"   # the baseline (interop extra)
 )
 "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
