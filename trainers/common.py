@@ -69,6 +69,7 @@ from agentgym.tokens import TokenSequence, build_token_sequence
 from agentgym.trainers.batch import Batch, policy_logprobs
 from agentgym.trainers.config import config_to_dict
 from agentgym.trainers.distributed import SINGLE, World, join_world, load_rank_rng, share_server
+from agentgym.trainers.fsdp import gathered_for_saving
 from agentgym.trainers.models import load_model, load_weights
 from agentgym.trainers.runs import RunDir, rng_state
 from agentgym.types import Trajectory
@@ -211,6 +212,10 @@ class TrainerConfig:
     to host memory, KV cache freed; 2: weights dropped too). CUDA only; skipped elsewhere."""
     sync_timeout_s: float = 300.0
     """Deadline of each weight-sync step (save, load, reload) of the vLLM engines."""
+    fsdp: bool = False
+    """Under torchrun / accelerate launch: shard the weights, gradients and optimiser state over
+    the processes (FSDP2; ``accelerate launch --use_fsdp`` turns it on too). GRPO full
+    fine-tuning only (``lora: false``, engine ``hf``, ``beta: 0``); see ``trainers/fsdp.py``."""
     distributed_timeout_s: float = 1800.0
     """Under torchrun / accelerate launch: how long a rank waits for the others at a collective
     (the slowest rank's rollouts included) before the run fails instead of hanging."""
@@ -569,9 +574,12 @@ class TrainingSession(Generic[ConfigT]):
         writes it, with every rank's RNG states in ``ranks.pt``; the others wait)."""
         ranks = self.world.gather([rng_state()])
         final = self.run.path / "checkpoints" / f"step_{step}"
+        model, optimizer = self.model, self.optimizer
+        if self.world.sharded:  # FSDP: the full state, gathered on every rank (a collective)
+            model, optimizer = gathered_for_saving(self.model, self.optimizer)
         if self.world.is_main:
             final = self.run.save_checkpoint(
-                step, self.model, self.optimizer, self.scheduler, self.task_rng,
+                step, model, optimizer, self.scheduler, self.task_rng,
                 extra={"ranks": ranks, **{name: head.state_dict()
                                           for name, head in self.heads.items()}})
         self.world.barrier()
@@ -609,6 +617,9 @@ async def open_session(config: ConfigT, resume: str | Path | None, model: torch.
         raise ValueError("several training processes need engine 'hf' (one embedded engine per "
                          "rank) or 'vllm' (one server for all ranks); engine "
                          f"{config.engine!r} is single-process for now")
+    if config.fsdp and world.world_size > 1 and not world.sharded:
+        raise ValueError("fsdp: true is supported by GRPO full fine-tuning only (lora: false, "
+                         "engine: hf, beta: 0); use plain data parallel (fsdp: false)")
     run = RunDir(world.broadcast(Path(resume) if resume else run_folder(
         config.output_dir, config.run_name, config.env_id)))
     trained = torch.nn.ModuleList([model, *heads.values()]) if heads else model

@@ -79,6 +79,7 @@ import torch
 import torch.distributed as dist
 
 from agentgym.errors import PolicyError
+from agentgym.trainers.fsdp import fsdp_launch
 from agentgym.trainers.runs import set_rng_state
 
 __all__ = ["SINGLE", "FollowerSync", "LeaderSync", "World", "join_world", "load_rank_rng",
@@ -103,12 +104,15 @@ class World:
         local_rank: index on this machine (its GPU).
         owns_group: True when :func:`join_world` created the process group (and
             :meth:`leave` destroys it).
+        sharded: FSDP shards the model (``trainers/fsdp.py``): the parameters it manages
+            are reduced by FSDP itself, and this class only handles the others.
     """
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False
+    sharded: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -197,7 +201,7 @@ class World:
         """
         if self.world_size == 1:
             return
-        params = [p for p in params if p.requires_grad]
+        params = [p for p in params if p.requires_grad and not self._fsdp_managed(p)]
         has = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8,
                            device=self.device)
         dist.all_reduce(has, op=dist.ReduceOp.MAX)
@@ -220,8 +224,16 @@ class World:
             return
         with torch.no_grad():
             for param in module.parameters():
-                if param.requires_grad:
+                if param.requires_grad and not self._fsdp_managed(param):
                     dist.broadcast(param.data, src=0)
+
+    def _fsdp_managed(self, param: torch.Tensor) -> bool:
+        """True for a parameter FSDP shards (it reduces and holds it consistently itself)."""
+        if not self.sharded:
+            return False
+        from torch.distributed.tensor import DTensor
+
+        return isinstance(param, DTensor)
 
     def leave(self) -> None:
         """Destroy the process group if :func:`join_world` created it."""
@@ -238,14 +250,23 @@ _SHARDED_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": 
 """Environment variables ``accelerate launch`` sets for a sharded config -> its name."""
 
 
-def refuse_sharded_launch(env: Mapping[str, str]) -> None:
-    """Raise if ``accelerate launch`` was given an FSDP, DeepSpeed or Megatron-LM config.
+def refuse_sharded_launch(env: Mapping[str, str], fsdp_ok: bool = False) -> None:
+    """Raise if ``accelerate launch`` was given a DeepSpeed or Megatron-LM config, or an FSDP
+    config when the caller cannot shard (``fsdp_ok``: GRPO can, see ``trainers/fsdp.py``).
 
     Raises:
         ValueError: naming the config and what to use instead (see the module docstring).
     """
     for variable, name in _SHARDED_LAUNCHES.items():
+        if name == "FSDP" and fsdp_ok:
+            continue
         if env.get(variable, "").strip().lower() in ("1", "true", "yes"):
+            if name == "FSDP":
+                raise ValueError(
+                    f"accelerate launch with an FSDP config ({variable}) is supported for GRPO "
+                    "full fine-tuning only (algorithm grpo, lora: false, engine: hf, beta: 0); "
+                    "for this trainer use a data-parallel config (accelerate launch "
+                    "--multi_gpu --num_processes N, or torchrun --nproc_per_node N)")
             raise ValueError(
                 f"accelerate launch with a {name} config ({variable}) is not supported: "
                 "agentgym's trainers run their own data parallelism, where every rank holds "
@@ -256,20 +277,26 @@ def refuse_sharded_launch(env: Mapping[str, str]) -> None:
                 "dtype bfloat16 are the ways to fit a larger model")
 
 
-def join_world(timeout_s: float = 1800.0, env: Mapping[str, str] | None = None) -> World:
+def join_world(timeout_s: float = 1800.0, env: Mapping[str, str] | None = None,
+               fsdp: bool | None = None) -> World:
     """The :class:`World` the launcher set up, joining its process group if needed.
 
     Reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (set by ``torchrun`` and ``accelerate
     launch``); without them, or with ``WORLD_SIZE=1``, this is :data:`SINGLE`. A group that
     already exists (initialised by the caller) is reused. A sharded ``accelerate`` config
-    (FSDP, DeepSpeed, Megatron-LM) raises ValueError (:func:`refuse_sharded_launch`).
+    (DeepSpeed, Megatron-LM; FSDP unless ``fsdp`` is a bool) raises ValueError
+    (:func:`refuse_sharded_launch`).
 
     Args:
         timeout_s: how long a collective waits for the slowest rank (its rollouts included)
             before the run fails with an error instead of hanging.
+        fsdp: None when the caller cannot shard the model; else whether its config asks for
+            FSDP (``fsdp: true``), which an accelerate FSDP launch also turns on. The world is
+            ``sharded`` when FSDP is on and there are several processes.
     """
     env = os.environ if env is None else env
-    refuse_sharded_launch(env)
+    refuse_sharded_launch(env, fsdp_ok=fsdp is not None)
+    shard = fsdp is not None and (fsdp or fsdp_launch(env))
     world_size = int(env.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return SINGLE
@@ -282,7 +309,8 @@ def join_world(timeout_s: float = 1800.0, env: Mapping[str, str] | None = None) 
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
     logger.info("rank %d of %d (%s)", rank, world_size, dist.get_backend())
-    return World(rank=rank, world_size=world_size, local_rank=local_rank, owns_group=owns)
+    return World(rank=rank, world_size=world_size, local_rank=local_rank, owns_group=owns,
+                 sharded=shard)
 
 
 def _buckets(grads: list[torch.Tensor]) -> Iterable[list[torch.Tensor]]:

@@ -1,0 +1,169 @@
+"""Sharded full fine-tuning (FSDP2, ``torch.distributed.fsdp.fully_shard``) for GRPO.
+
+::
+
+    torchrun --nproc_per_node 2 -m agentgym.trainers.cli --config c.yaml --lora false --fsdp true
+    accelerate launch --use_fsdp --num_processes 2 -m agentgym.trainers.cli --config c.yaml \\
+        --lora false
+
+Each rank holds 1/N of every decoder layer's and of the trunk's (embeddings, final norm)
+weights, gradients and AdamW state; a forward/backward all-gathers a layer's weights just in
+time and reduce-scatters its gradients. The rest of the data-parallel design is unchanged
+(``distributed.py``): each rank plays its share of the groups, the loss is normalised by the
+global batch. What sharding adds, and how it is handled here:
+
+* **the same passes on every rank**: FSDP's all-gathers and reduce-scatters are collectives,
+  so every rank runs as many forward/backward passes as the rank with the most micro-batches;
+  the extra ones are zero-weight passes over a one-token dummy row (:func:`equal_passes`);
+* **gradients summed, not averaged**: each rank's loss already carries its share of the global
+  normaliser, so the reduce-scatter's divide factor is 1 (:func:`shard_model`); parameters
+  FSDP does not manage (an untied LM head) are all-reduced by :meth:`World.reduce_gradients`;
+* **rollouts on full weights**: the embedded engine (``engine: hf``) generates with the
+  trainer's own module, independently on each rank (no collective may run while generating),
+  so every unit is all-gathered before the rollouts and resharded after (:func:`unsharded`):
+  the full weights are in memory while generating, and ``generate`` runs with its default
+  ``synced_gpus=False`` (transformers only syncs modules it sharded itself);
+* **checkpoints**: gathered into a full state dict on every rank (a collective) and written by
+  rank 0 as a plain ``save_pretrained`` folder, loadable by one process
+  (:func:`gathered_for_saving`); the optimiser state is saved gathered too (keyed by
+  parameter name).
+
+Not supported (each refused with an error by :func:`check_supported`): LoRA (``lora: true``:
+the adapters are small; use plain data parallel), engines other than ``hf`` (a vLLM server
+would need the gathered weights pushed each step), ``beta > 0`` (the frozen reference copy would
+have to be made before sharding and sharded itself), ``max_staleness > 0`` (rollouts would run
+while the weights are sharded), resuming an FSDP run, and PPO (its value head and minibatch
+passes are not padded). One process with ``fsdp: true`` trains unsharded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentgym.tokens import TokenSequence
+from agentgym.trainers.batch import Batch, pack
+
+__all__ = ["FSDP_LAUNCH", "check_supported", "equal_passes", "fsdp_launch", "gathered_for_saving",
+           "shard_model", "unsharded"]
+
+FSDP_LAUNCH = "ACCELERATE_USE_FSDP"
+"""The variable ``accelerate launch --use_fsdp`` (or an FSDP config file) sets."""
+
+
+def fsdp_launch(env: Mapping[str, str]) -> bool:
+    """True when ``accelerate launch`` was given an FSDP config."""
+    return env.get(FSDP_LAUNCH, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_supported(config: Any, resume: str | Path | None) -> None:
+    """Raise ValueError naming what FSDP supports when ``config`` asks for something else."""
+    problems = []
+    if config.lora:
+        problems.append("lora: true (set lora: false; LoRA trains with plain data parallel)")
+    if config.engine != "hf":
+        problems.append(f"engine {config.engine!r} (use engine: hf)")
+    if getattr(config, "beta", 0.0):
+        problems.append("beta > 0 (no sharded reference model yet: use beta: 0)")
+    if config.max_staleness:
+        problems.append("max_staleness > 0 (use the on-policy loop)")
+    if resume:
+        problems.append("resume (an FSDP run cannot be resumed yet)")
+    if problems:
+        raise ValueError("FSDP (fsdp: true / accelerate launch --use_fsdp) supports GRPO full "
+                         "fine-tuning with engine hf, beta 0 and no async pipeline; not: "
+                         + "; ".join(problems))
+
+
+def shard_model(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Shard ``model`` in place over the default process group; returns its FSDP units.
+
+    Units: each decoder layer, then the trunk (embeddings, final norm; a tied LM head shares
+    the embedding's weight and so its unit). The trunk is the root, which FSDP keeps gathered
+    after forward, so the LM head (called outside the trunk's forward) finds its weight.
+    Gradients are summed over ranks (divide factor 1)."""
+    from torch.distributed.fsdp import fully_shard
+
+    decoder = model.get_decoder()
+    units = [fully_shard(layer) for layer in decoder.layers]
+    units.append(fully_shard(decoder))
+    for unit in units:
+        unit.set_gradient_divide_factor(1.0)
+    return units
+
+
+@contextlib.contextmanager
+def unsharded(units: list[torch.nn.Module]) -> Iterator[None]:
+    """Every unit's full weights gathered for the block (the embedded engine's rollouts: no
+    collective runs inside), resharded after. Every rank enters and leaves together."""
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(unit is not units[-1], recurse=False)
+
+
+def dummy_batch(device: torch.device) -> Batch:
+    """One row, a two-token prompt and one response token outside the loss: the input of a
+    padding pass (the same calls into the model as a real micro-batch)."""
+    row = TokenSequence((0, 0), (0,), (0,), (0.0,), (0,))
+    return pack([row], [0.0], 0, device=device)
+
+
+def equal_passes(micro: list[Batch], world: Any, device: torch.device) -> tuple[list[Batch], int]:
+    """(``micro`` padded with dummy micro-batches to the most any rank has, how many were
+    added): every rank then runs the same number of forward/backward passes."""
+    most = max(world.gather([len(micro)]))
+    pads = most - len(micro)
+    return micro + [dummy_batch(device) for _ in range(pads)], pads
+
+
+def is_sharded(param: torch.Tensor) -> bool:
+    """True for a parameter FSDP manages (a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(param, DTensor)
+
+
+class _FullModel:
+    """``save_pretrained`` of a sharded model with its gathered full state dict."""
+
+    def __init__(self, model: torch.nn.Module, state: dict[str, torch.Tensor]):
+        self.model, self.state = model, state
+
+    def save_pretrained(self, folder: str) -> None:
+        self.model.save_pretrained(folder, state_dict=self.state)
+
+
+class _FullOptimizer:
+    """``state_dict`` of a sharded optimiser: its gathered full state (keyed by name)."""
+
+    def __init__(self, state: dict[str, Any]):
+        self.state = state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
+
+
+def gathered_for_saving(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        ) -> tuple[_FullModel, _FullOptimizer]:
+    """(model, optimizer) stand-ins whose ``save_pretrained`` / ``state_dict`` write the full,
+    gathered state (on the CPU). A collective: call on every rank, save on rank 0."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, optimizer, options=options)
+    return _FullModel(model, state), _FullOptimizer(optim)
