@@ -231,6 +231,10 @@ class AgentEnv(gymnasium.Env):
         """Take one assistant message (sync wrapper of :meth:`astep`)."""
         return self._runner.run(self.astep(action))
 
+    def truncate(self) -> Trajectory:
+        """End the running episode as truncated and score it (sync wrapper of :meth:`atruncate`)."""
+        return self._runner.run(self.atruncate())
+
     def close(self) -> None:
         """Release the episode's resources and the env's event loop (idempotent)."""
         if self._active:

@@ -222,7 +222,7 @@ class AgentGymTRLEnv:
             if last is not None and last.get("role") == "assistant" and not last.get("tool_calls"):
                 self._env.step({"role": "assistant", "content": last.get("content") or ""})
             if self._running():  # no plain final reply (tool loop cut) or it asked for more
-                self._env._runner.run(self._env.atruncate())  # AgentEnv has no sync truncate
+                self._env.truncate()
         return self._env.trajectory()
 
     def _close(self) -> None:

@@ -199,3 +199,17 @@ def test_episode_end_tool_terminates():
     _, _, terminated, truncated, info = env.step(
         '<tool_call>{"name": "submit", "arguments": {"answer": 1}}</tool_call>')
     assert terminated and not truncated and "reward_components" in info
+
+
+def test_truncate_from_outside_scores_the_episode_as_truncated() -> None:
+    env = ToyEnv()
+    env.reset(seed=0)
+    env.step({"role": "assistant", "content": "",
+              "tool_calls": [{"id": "c1", "type": "function",
+                              "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}]})
+    trajectory = env.truncate()
+    assert trajectory.truncated and not trajectory.terminated
+    assert trajectory.reward == 0.0 and trajectory.error is None
+    with pytest.raises(ResetNeededError):
+        env.step({"role": "assistant", "content": "3"})
+    env.close()
