@@ -223,6 +223,9 @@ class TrainerConfig:
     """LLM-guided exploration (:mod:`agentgym.guided`): ``{kind: demonstration | endpoint |
     hint, p_explore: 0.5, decay: 0.9, ...}``; a guide writes each turn with probability
     p_explore * decay^(step - 1), its tokens importance-weighted. None: the policy alone."""
+    turn_timeout_s: float | None = 120.0
+    """Deadline of one policy turn during rollouts (a turn past it is an infra error and its
+    group is dropped); raise it on a slow or shared machine. None: no deadline."""
     hierarchy: dict[str, Any] | None = None
     """A planner writes sub-goals, an executor solves them (:mod:`agentgym.hierarchical`):
     ``{train_level: planner | executor, fixed: {base_url, model}, max_subgoals: 3}``; the
@@ -324,7 +327,8 @@ def make_rollout_engine(config: TrainerConfig, policy: Policy, group_size: int) 
         policy, factory = hierarchical_parts(config.hierarchy, policy, factory)
     return RolloutEngine(factory, policy,
                          RolloutConfig(group_size=group_size,
-                                       max_concurrent=config.max_concurrent))
+                                       max_concurrent=config.max_concurrent,
+                                       turn_timeout_s=config.turn_timeout_s))
 
 
 def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
