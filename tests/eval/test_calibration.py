@@ -56,3 +56,18 @@ def test_bootstrap_is_seeded_and_brackets_a_perfect_score():
     assert bootstrap_ci(confidences, outcomes, "brier") == (0.0, 0.0)
     noisy = [0.9, 0.4, 0.7, 0.2, 0.6], [True, False, False, True, True]
     assert bootstrap_ci(*noisy, "ece", seed=3) == bootstrap_ci(*noisy, "ece", seed=3)
+
+
+def test_eval_command_prints_wilson_pass_rate_and_calibration(capsys):
+    from agentgym.eval.cli import print_accuracy
+
+    data = [{**row, "passed": row["reward_components"]["correct"] >= 1.0}
+            for row in rows([(0.9, 1.0), (0.8, 0.0), (0.3, 0.0), (0.1, 1.0)])]
+    print_accuracy(data, "confidence", "correct")
+    out = " ".join(capsys.readouterr().out.split())
+    low, high = wilson_interval(2, 4)
+    assert f"pass rate 2/4 = 0.500 (Wilson 95% CI {low:.3f}-{high:.3f})" in out
+    assert "ECE 0.525" in out and "Brier 0.388" in out
+    print_accuracy(data, "self_evaluation", "correct")  # no such component: no calibration line
+    out = capsys.readouterr().out
+    assert "pass rate 2/4" in out and "calibration" not in out
