@@ -47,20 +47,13 @@ per optimiser step anyway; DDP's per-forward hooks, ``no_sync`` and ``.module`` 
 add more than the one bucketed all-reduce they replace. What is lost: communication does not
 overlap the backward pass.
 
-FSDP, DeepSpeed and Megatron-LM configs of ``accelerate launch`` are refused (:func:`join_world`
-raises) rather than silently run as plain data parallel: every rank here holds the whole model.
-Sharded full fine-tuning is not wired, for reasons of this design rather than of the hardware
-(torch's ``fully_shard`` (FSDP2) itself runs on CPU/gloo, and generation works on a module whose
-FSDP units were all unsharded with ``reshard_after_forward`` off and ``generate(...,
-synced_gpus=False)``). What it would need: (1) FSDP's per-layer all-gathers and
-reduce-scatters are collectives, so every rank must run the same number of forward/backward
-passes, while here each rank trains its own share (a different number of micro-batches, none
-on a rank without rows; PPO's minibatches too): padding with zero-weight passes; (2) the
-embedded engine generates from the trainer's module on each rank independently: unshard all
-units before the rollouts and reshard after (full parameters in memory while generating);
-(3) the frozen pi_ref copy (``kl_coef``/``beta`` > 0) made before sharding; (4) gradient
-reduction by FSDP with a sum (not mean) divide factor, the value head still all-reduced here;
-(5) checkpoints gathered to a full state dict on rank 0 and a sharded optimiser state per rank.
+DeepSpeed and Megatron-LM configs of ``accelerate launch`` are refused (:func:`join_world`
+raises) rather than silently run as plain data parallel. FSDP (an accelerate FSDP config, or
+``fsdp: true``) is wired for GRPO full fine-tuning with the embedded engine
+(``trainers/fsdp.py``: zero-weight padding passes so every rank runs the same collectives,
+units gathered for the rollouts, a SUM reduce-scatter, full-state checkpoints on rank 0);
+:attr:`World.sharded` tells this module to leave the parameters FSDP manages to FSDP. Other
+trainers (PPO), LoRA, engine vllm, ``beta > 0`` and resuming refuse it with an error.
 """
 
 from __future__ import annotations

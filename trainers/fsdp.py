@@ -82,24 +82,60 @@ def check_supported(config: Any, resume: str | Path | None) -> None:
 def shard_model(model: torch.nn.Module) -> list[torch.nn.Module]:
     """Shard ``model`` in place over the default process group; returns its FSDP units.
 
-    Units: each decoder layer, then the trunk (embeddings, final norm; a tied LM head shares
-    the embedding's weight and so its unit). The trunk is the root, which FSDP keeps gathered
-    after forward, so the LM head (called outside the trunk's forward) finds its weight.
-    Gradients are summed over ranks (divide factor 1)."""
+    Raises:
+        ValueError: the LM head has its own weight (untied embeddings), not wired yet.
+
+    Units: each decoder layer, then the trunk (embeddings, final norm). The tied LM head
+    becomes a :class:`TiedHead` that reads the embedding's weight when called: FSDP swaps the
+    weight of the modules inside a unit only, and the trunk is the root, which FSDP keeps
+    gathered after forward, so the head (called outside the trunk's forward) finds the full
+    weight, and its gradient joins the embedding's reduce-scatter.
+    Gradients are summed over ranks (divide factor 1, with a plain SUM reduce-scatter)."""
     from torch.distributed.fsdp import fully_shard
 
+    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        raise ValueError("FSDP here needs a model whose LM head is tied to its embeddings "
+                         "(tie_word_embeddings, e.g. SmolLM2, Qwen2.5-0.5B/1.5B/3B)")
     decoder = model.get_decoder()
     units = [fully_shard(layer) for layer in decoder.layers]
     units.append(fully_shard(decoder))
+    model.set_output_embeddings(TiedHead(model.get_input_embeddings()))
     for unit in units:
         unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
     return units
 
 
+class TiedHead(torch.nn.Module):
+    """An LM head without a weight of its own: ``hidden @ embedding.weight.T`` with whatever
+    tensor the embedding holds now (FSDP swaps it between sharded and gathered). The
+    embedding is not a submodule, so parameters and state dicts list it once."""
+
+    def __init__(self, embedding: torch.nn.Embedding):
+        super().__init__()
+        self._embedding = [embedding]  # a list: not registered as a submodule
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._embedding[0].weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden, self.weight)
+
+
+def fsdp_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """``model``'s FSDP units, outermost (the root) first; empty if it is not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
 @contextlib.contextmanager
-def unsharded(units: list[torch.nn.Module]) -> Iterator[None]:
-    """Every unit's full weights gathered for the block (the embedded engine's rollouts: no
-    collective runs inside), resharded after. Every rank enters and leaves together."""
+def unsharded(model: torch.nn.Module) -> Iterator[None]:
+    """Every FSDP unit's full weights gathered for the block (the embedded engine's rollouts:
+    no collective may run inside), resharded after. Every rank enters and leaves together;
+    an unsharded model passes through."""
+    units = fsdp_units(model)
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
@@ -108,7 +144,7 @@ def unsharded(units: list[torch.nn.Module]) -> Iterator[None]:
     finally:
         for unit in units:
             unit.reshard()
-            unit.set_reshard_after_forward(unit is not units[-1], recurse=False)
+            unit.set_reshard_after_forward(unit is not units[0], recurse=False)
 
 
 def dummy_batch(device: torch.device) -> Batch:
@@ -133,6 +169,11 @@ def is_sharded(param: torch.Tensor) -> bool:
     return isinstance(param, DTensor)
 
 
+def full_value(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself, or a DTensor's full value (a collective when it is partial)."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
 class _FullModel:
     """``save_pretrained`` of a sharded model with its gathered full state dict."""
 
@@ -140,7 +181,7 @@ class _FullModel:
         self.model, self.state = model, state
 
     def save_pretrained(self, folder: str) -> None:
-        self.model.save_pretrained(folder, state_dict=self.state)
+        self.model.save_pretrained(folder, state_dict=dict(self.state))  # it empties its copy
 
 
 class _FullOptimizer:

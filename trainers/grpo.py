@@ -37,7 +37,9 @@ Deviations from the paper, each a known improvement and each a config switch:
 Several processes (``torchrun`` / ``accelerate launch``; see ``trainers/distributed.py``): every
 rank draws the same tasks and plays its share of the groups; :func:`update` normalises each
 rank's loss by the whole batch's rows and policy tokens and sums the gradients across ranks
-before clipping, so a step is the single-process step on the same batch.
+before clipping, so a step is the single-process step on the same batch. ``fsdp: true`` (or
+``accelerate launch --use_fsdp``) shards the weights over the ranks for full fine-tuning
+(``trainers/fsdp.py``).
 
 Implementation, not a deviation: the G sequences of a group share their prompt, which the
 forward pass runs once per micro-batch (its key/value cache feeds the G responses; the
@@ -77,6 +79,13 @@ from agentgym.trainers.common import (
     to_sequences,
 )
 from agentgym.trainers.distributed import SINGLE, World, join_world
+from agentgym.trainers.fsdp import (
+    check_supported,
+    equal_passes,
+    full_value,
+    shard_model,
+    unsharded,
+)
 from agentgym.trainers.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
@@ -182,6 +191,9 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
     chunk = config.logprob_chunk_tokens
     micro = [] if batch is None else micro_batches(batch, config.micro_batch_size,
                                                    config.micro_batch_tokens)
+    pads = 0
+    if world.sharded:  # FSDP: as many passes as the busiest rank (zero-weight padding)
+        micro, pads = equal_passes(micro, world, module_device(model))
     old = [mb.sampler_logp for mb in micro]
     weights: list[torch.Tensor | None] = [None] * len(micro)
     if config.tis_cap is not None:  # recompute pi_old with the trainer's own numerics
@@ -194,9 +206,13 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
     stats: dict[str, float] = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
     for _ in range(config.num_iterations):
         optimizer.zero_grad(set_to_none=True)
-        for mb, old_logp, weight, ref_logp in zip(micro, old, weights, refs, strict=True):
+        for index, (mb, old_logp, weight, ref_logp) in enumerate(
+                zip(micro, old, weights, refs, strict=True)):
             with autocast_for(model, config):
                 logp, entropy = policy_logprobs(model, mb, config.temperature, True, chunk)
+            if index >= len(micro) - pads:  # padding: FSDP's collectives, a zero gradient
+                (logp.sum() * 0.0).backward()
+                continue
             loss_tok, clipped = clipped_policy_loss(logp, old_logp, mb.advantages,
                                                     config.epsilon, config.epsilon_high)
             if weight is not None:
@@ -212,7 +228,8 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
             stats["entropy"] += float(masked_mean(entropy, mb.mask)) * part
             stats["clip_fraction"] += float(masked_mean(clipped, mb.mask)) * part
         world.reduce_gradients(params)
-        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+        norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        stats["grad_norm"] = float(full_value(norm))
         optimizer.step()
     scheduler.step()
     n = config.num_iterations
@@ -239,7 +256,8 @@ async def one_step(step: int, s: TrainingSession[GRPOConfig],
     trainable, async_counts = None, {}
     with timed(timings, "generate"):  # with a pipeline: the wait for this step's rollouts
         if pipeline is None:
-            groups = await s.rollouts(step, draw_tasks(s))
+            with unsharded(s.model):  # FSDP: the engine generates from the full weights
+                groups = await s.rollouts(step, draw_tasks(s))
         else:
             groups = await pipeline.take(step)
             report = staleness_filter(groups, pipeline.published, config.max_staleness)
@@ -288,8 +306,12 @@ async def step_function(s: TrainingSession[GRPOConfig]) -> StepFunction:
 async def train_async(config: GRPOConfig, resume: str | Path | None = None) -> Path:
     """Run GRPO; returns the run folder. ``resume`` continues a run folder exactly."""
     seed_everything(config.seed)
-    world = join_world(config.distributed_timeout_s)  # first: sets each rank's CUDA device
+    world = join_world(config.distributed_timeout_s, fsdp=config.fsdp)  # first: sets the GPU
+    if world.sharded:
+        check_supported(config, resume)
     model, tokenizer = load_trainee(config)
+    if world.sharded:
+        shard_model(model)
     session = await open_session(config, resume, model, tokenizer, world=world,
                                  group_size=config.num_generations, kl_coef=config.beta)
     return await run_steps(session, await step_function(session))

@@ -57,7 +57,7 @@ def test_shards_are_contiguous_and_cover_the_items():
                                       "ACCELERATE_USE_MEGATRON_LM"])
 def test_a_sharded_accelerate_config_is_refused(variable):
     launched = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
-    with pytest.raises(ValueError, match="is not supported: .*--multi_gpu"):
+    with pytest.raises(ValueError, match="supported.*--multi_gpu"):
         join_world(env={**launched, variable: "true"})
     assert join_world(env={variable: "false", "WORLD_SIZE": "1"}) is SINGLE
 
