@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentgym.errors import AgentGymError
+from agentgym.eval.calibration import calibration_summary, wilson_interval
 from agentgym.plots import plot_reward_curve
 from agentgym.rewards.config import load_rewards_file
 
@@ -201,8 +202,6 @@ def eval_command(
 def print_accuracy(rows: list[dict[str, Any]], confidence_key: str, correct_key: str,
                    threshold: float = 1.0) -> None:
     """Pass rate with its Wilson 95 % interval; ECE and Brier when rows carry a confidence."""
-    from agentgym.eval.calibration import calibration_summary, wilson_interval
-
     passed = [bool(r["passed"]) for r in rows if r.get("passed") is not None]
     if passed:
         low, high = wilson_interval(sum(passed), len(passed))
