@@ -69,7 +69,7 @@ from agentgym.tokens import TokenSequence, build_token_sequence
 from agentgym.trainers.batch import Batch, policy_logprobs
 from agentgym.trainers.config import config_to_dict
 from agentgym.trainers.distributed import SINGLE, World, join_world, load_rank_rng, share_server
-from agentgym.trainers.fsdp import gathered_for_saving
+from agentgym.trainers.fsdp import for_loading, gathered_for_saving, load_full_weights
 from agentgym.trainers.models import load_model, load_weights
 from agentgym.trainers.runs import RunDir, rng_state
 from agentgym.types import Trajectory
@@ -633,8 +633,13 @@ async def open_session(config: ConfigT, resume: str | Path | None, model: torch.
     ref = reference_logprobs(model, config, kl_coef)  # before a checkpoint loads
     start = 0
     if resume and run.checkpoints():
-        start, weights = run.load_checkpoint(optimizer, scheduler, task_rng)
-        load_weights(model, weights, config.lora)
+        if world.sharded:  # FSDP: the gathered states, each rank keeps its shard
+            start, weights = run.load_checkpoint(for_loading(model, optimizer), scheduler,
+                                                 task_rng)
+            load_full_weights(model, weights)
+        else:
+            start, weights = run.load_checkpoint(optimizer, scheduler, task_rng)
+            load_weights(model, weights, config.lora)
         for name, head in heads.items():
             head.load_state_dict(torch.load(weights.parent / f"{name}.pt",
                                             map_location=module_device(head)))

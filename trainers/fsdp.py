@@ -26,14 +26,16 @@ global batch. What sharding adds, and how it is handled here:
 * **checkpoints**: gathered into a full state dict on every rank (a collective) and written by
   rank 0 as a plain ``save_pretrained`` folder, loadable by one process
   (:func:`gathered_for_saving`); the optimiser state is saved gathered too (keyed by
-  parameter name).
+  parameter name). A resume (same world size) reads them on every rank and keeps each rank's
+  shard (:func:`load_full_weights`, :func:`for_loading`).
 
 Not supported (each refused with an error by :func:`check_supported`): LoRA (``lora: true``:
 the adapters are small; use plain data parallel), engines other than ``hf`` (a vLLM server
 would need the gathered weights pushed each step), ``beta > 0`` (the frozen reference copy would
 have to be made before sharding and sharded itself), ``max_staleness > 0`` (rollouts would run
-while the weights are sharded), resuming an FSDP run, and PPO (its value head and minibatch
-passes are not padded). One process with ``fsdp: true`` trains unsharded.
+while the weights are sharded), PPO (its value head and minibatch passes are not padded), and
+models with an untied LM head (:func:`shard_model`). One process with ``fsdp: true`` trains
+unsharded.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def fsdp_launch(env: Mapping[str, str]) -> bool:
     return env.get(FSDP_LAUNCH, "").strip().lower() in ("1", "true", "yes")
 
 
-def check_supported(config: Any, resume: str | Path | None) -> None:
+def check_supported(config: Any) -> None:
     """Raise ValueError naming what FSDP supports when ``config`` asks for something else."""
     problems = []
     if config.lora:
@@ -71,8 +73,6 @@ def check_supported(config: Any, resume: str | Path | None) -> None:
         problems.append("beta > 0 (no sharded reference model yet: use beta: 0)")
     if config.max_staleness:
         problems.append("max_staleness > 0 (use the on-policy loop)")
-    if resume:
-        problems.append("resume (an FSDP run cannot be resumed yet)")
     if problems:
         raise ValueError("FSDP (fsdp: true / accelerate launch --use_fsdp) supports GRPO full "
                          "fine-tuning with engine hf, beta 0 and no async pipeline; not: "
@@ -208,3 +208,39 @@ def gathered_for_saving(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     state = get_model_state_dict(model, options=options)
     optim = get_optimizer_state_dict(model, optimizer, options=options)
     return _FullModel(model, state), _FullOptimizer(optim)
+
+
+class _ShardingOptimizer:
+    """``load_state_dict`` of a sharded optimiser from a gathered full state: each rank keeps
+    its shard of it."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        set_optimizer_state_dict(self.model, self.optimizer, state,
+                                 options=StateDictOptions(full_state_dict=True))
+
+
+def for_loading(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> _ShardingOptimizer:
+    """A stand-in for ``optimizer`` whose ``load_state_dict`` takes a checkpoint's gathered
+    optimiser state (what :func:`gathered_for_saving` wrote). A collective."""
+    return _ShardingOptimizer(model, optimizer)
+
+
+def load_full_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load a checkpoint's full weights (a ``save_pretrained`` folder, read by every rank)
+    into the sharded ``model``: each rank keeps its shard. A collective."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    state.pop("lm_head.weight", None)  # tied: the embedding's
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))

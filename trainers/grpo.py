@@ -308,7 +308,7 @@ async def train_async(config: GRPOConfig, resume: str | Path | None = None) -> P
     seed_everything(config.seed)
     world = join_world(config.distributed_timeout_s, fsdp=config.fsdp)  # first: sets the GPU
     if world.sharded:
-        check_supported(config, resume)
+        check_supported(config)
     model, tokenizer = load_trainee(config)
     if world.sharded:
         shard_model(model)

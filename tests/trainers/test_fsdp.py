@@ -5,6 +5,7 @@ single-process step. What FSDP does not support is refused with an error naming 
 """
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from test_distributed import (  # noqa: E402
     TORCHRUN,
     free_port,
     sequences,
+    untimed,
 )
 
 from agentgym.trainers.batch import pack  # noqa: E402
@@ -65,10 +67,12 @@ def sharded_update(world, loss_type: str, micro: int, empty_rank: bool,
 
 
 def fsdp_worker(rank: int, port: int, out: str) -> None:
+    """Both ranks as ``accelerate launch --use_fsdp`` starts them (its variable, no config)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **CPU_ONLY)
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), ACCELERATE_USE_FSDP="true",
+                      **CPU_ONLY)
     torch.set_num_threads(1)
-    world = join_world(timeout_s=120, fsdp=True)
+    world = join_world(timeout_s=120, fsdp=False)  # GRPO's join: the launch turns FSDP on
     assert world.sharded
     try:
         results = [sharded_update(world, *case, Path(out) / f"case{i}")
@@ -127,9 +131,7 @@ def test_the_gathered_checkpoint_loads_into_one_process(sharded_updates):
 def test_what_fsdp_does_not_support_is_refused(change):
     config = GRPOConfig(**{"lora": False, **change})
     with pytest.raises(ValueError, match="supports GRPO full fine-tuning with engine hf"):
-        check_supported(config, None)
-    with pytest.raises(ValueError, match="cannot be resumed"):
-        check_supported(GRPOConfig(lora=False), "runs/x")
+        check_supported(config)
 
 
 def test_an_fsdp_launch_is_refused_where_the_trainer_cannot_shard():
@@ -140,15 +142,32 @@ def test_an_fsdp_launch_is_refused_where_the_trainer_cannot_shard():
 
 # --- end to end: torchrun + the CLI ----------------------------------------------------------
 
-def test_torchrun_fsdp_run_takes_the_single_process_step(tmp_path):
-    require_train_stack()
+def torchrun(*args: str) -> None:
+    """``torchrun --nproc_per_node 2 -m agentgym.trainers.cli ...`` with a deadline."""
     command = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "agentgym.trainers.cli",
-               "--config", SMOKE, "--max_steps", "1", "--save_steps", "1", "--fsdp", "true",
-               "--output_dir", str(tmp_path), "--run_name", "fsdp", "--report_to", "[]",
-               "--distributed_timeout_s", "120"]
+               *args, "--report_to", "[]", "--distributed_timeout_s", "120"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S,
                             env={**os.environ, "OMP_NUM_THREADS": "1", **CPU_ONLY})
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def checkpoint_weights(run: Path, step: int) -> dict:
+    model = tiny_model(char_tokenizer(), seed=1)
+    load_weights(model, run / "checkpoints" / f"step_{step}" / "model", lora=False)
+    return model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory) -> Path:
+    """A 2-rank FSDP smoke run of two steps with a checkpoint after each."""
+    require_train_stack()
+    out = tmp_path_factory.mktemp("fsdp_run")
+    torchrun("--config", SMOKE, "--max_steps", "2", "--save_steps", "1", "--fsdp", "true",
+             "--output_dir", str(out), "--run_name", "fsdp")
+    return out / "fsdp"
+
+
+def test_torchrun_fsdp_run_takes_the_single_process_step(fsdp_run, tmp_path):
     config = load_config(GRPOConfig, SMOKE, {"max_steps": 1, "output_dir": str(tmp_path),
                                              "run_name": "single", "report_to": [],
                                              "device": "cpu"})
@@ -158,16 +177,23 @@ def test_torchrun_fsdp_run_takes_the_single_process_step(tmp_path):
         single = train(config)
     finally:
         torch.set_num_threads(threads)
-    sharded = tmp_path / "fsdp"
-    one, two = RunDir(single).metrics()[0], RunDir(sharded).metrics()[0]
+    one, two = RunDir(single).metrics()[0], RunDir(fsdp_run).metrics()[0]
     for key in ("reward_mean", "episodes", "policy_tokens"):
         assert two[key] == one[key], key
     for key in ("loss", "grad_norm"):
         assert two[key] == pytest.approx(one[key], rel=1e-4), key
-    a, b = (tiny_model(char_tokenizer(), seed=1) for _ in range(2))
-    load_weights(a, single / "checkpoints" / "step_1" / "model", lora=False)
-    load_weights(b, sharded / "checkpoints" / "step_1" / "model", lora=False)
-    worst = max(float((x - y).abs().max())
-                for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    a, b = checkpoint_weights(single, 1), checkpoint_weights(fsdp_run, 1)
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 0.01 * config.learning_rate  # AdamW's first step: see test_distributed
     print(f"FSDP end to end: max |param difference| {worst:.2e} (lr {config.learning_rate})")
+
+
+def test_fsdp_run_resumes_exactly(fsdp_run, tmp_path):
+    killed = tmp_path / "killed"  # after writing step 2's metrics, before its checkpoint
+    shutil.copytree(fsdp_run, killed)
+    shutil.rmtree(killed / "checkpoints" / "step_2")
+    torchrun("--resume", str(killed))
+    assert untimed(RunDir(killed).metrics()) == untimed(RunDir(fsdp_run).metrics())
+    a, b = checkpoint_weights(fsdp_run, 2), checkpoint_weights(killed, 2)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
