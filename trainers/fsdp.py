@@ -41,6 +41,7 @@ unsharded.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ from agentgym.trainers.batch import Batch, pack
 
 __all__ = ["FSDP_LAUNCH", "check_supported", "equal_passes", "fsdp_launch", "gathered_for_saving",
            "shard_model", "unsharded"]
+
+logger = logging.getLogger(__name__)
 
 FSDP_LAUNCH = "ACCELERATE_USE_FSDP"
 """The variable ``accelerate launch --use_fsdp`` (or an FSDP config file) sets."""
@@ -103,6 +106,8 @@ def shard_model(model: torch.nn.Module) -> list[torch.nn.Module]:
     for unit in units:
         unit.set_gradient_divide_factor(1.0)
         unit.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
+    logger.info("FSDP: %d units sharded over %d processes", len(units),
+                torch.distributed.get_world_size())
     return units
 
 

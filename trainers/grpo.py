@@ -55,6 +55,7 @@ positions, so the ``[B, T, V]`` float32 logits never exist at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -307,8 +308,9 @@ async def train_async(config: GRPOConfig, resume: str | Path | None = None) -> P
     """Run GRPO; returns the run folder. ``resume`` continues a run folder exactly."""
     seed_everything(config.seed)
     world = join_world(config.distributed_timeout_s, fsdp=config.fsdp)  # first: sets the GPU
-    if world.sharded:
+    if world.sharded:  # fsdp: true, or accelerate's FSDP launch (recorded in config.yaml)
         check_supported(config)
+        config = dataclasses.replace(config, fsdp=True)
     model, tokenizer = load_trainee(config)
     if world.sharded:
         shard_model(model)
