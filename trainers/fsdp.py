@@ -29,6 +29,9 @@ global batch. What sharding adds, and how it is handled here:
   parameter name). A resume (same world size) reads them on every rank and keeps each rank's
   shard (:func:`load_full_weights`, :func:`for_loading`).
 
+``gradient_checkpointing`` composes with it (the recomputed layers gather their weights
+again; tested).
+
 Not supported (each refused with an error by :func:`check_supported`): LoRA (``lora: true``:
 the adapters are small; use plain data parallel), engines other than ``hf`` (a vLLM server
 would need the gathered weights pushed each step), ``beta > 0`` (the frozen reference copy would

@@ -31,17 +31,18 @@ from agentgym.trainers.config import load_config  # noqa: E402
 from agentgym.trainers.distributed import SINGLE, join_world  # noqa: E402
 from agentgym.trainers.fsdp import check_supported, gathered_for_saving, shard_model  # noqa: E402
 from agentgym.trainers.grpo import GRPOConfig, train, update  # noqa: E402
-from agentgym.trainers.models import load_weights  # noqa: E402
+from agentgym.trainers.models import enable_gradient_checkpointing, load_weights  # noqa: E402
 from agentgym.trainers.runs import RunDir  # noqa: E402
 from agentgym.trainers.smoke import char_tokenizer, tiny_model  # noqa: E402
 
-# (loss_type, micro_batch_size, rank 1 gets no sequences): 7 rows over 2 ranks give 4 and 3
-# micro-batches of one row (rank 1 adds one padding pass), or rank 0 all 7 rows in 4
-# micro-batches of two and rank 1 none (four padding passes)
-CASES = [("dapo", 1, False), ("grpo", 2, False), ("dr_grpo", 1, False), ("dapo", 2, True)]
+# (loss_type, micro_batch_size, rank 1 gets no sequences, gradient checkpointing): 7 rows over
+# 2 ranks give 4 and 3 micro-batches of one row (rank 1 adds one padding pass), or rank 0 all 7
+# rows in 4 micro-batches of two and rank 1 none (four padding passes)
+CASES = [("dapo", 1, False, False), ("grpo", 2, False, False), ("dr_grpo", 1, False, False),
+         ("dapo", 2, True, False), ("dapo", 1, False, True)]
 
 
-def sharded_update(world, loss_type: str, micro: int, empty_rank: bool,
+def sharded_update(world, loss_type: str, micro: int, empty_rank: bool, recompute: bool,
                    out: Path | None = None) -> dict:
     """Full parameters after one GRPO update (SGD, lr 1, so they show the gradient itself) on
     this rank's share, sharded when ``world`` is; rank 0 also writes the gathered checkpoint
@@ -52,6 +53,8 @@ def sharded_update(world, loss_type: str, micro: int, empty_rank: bool,
     config = GRPOConfig(loss_type=loss_type, micro_batch_size=micro, lora=False,
                         max_completion_length=12, fsdp=True)
     model = tiny_model(char_tokenizer(), seed=0).train()
+    if recompute:
+        enable_gradient_checkpointing(model)
     if world.sharded:
         shard_model(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -101,8 +104,8 @@ def sharded_updates(tmp_path_factory) -> tuple[list[list[dict]], Path]:
 def test_sharded_update_equals_the_whole_batch_update(sharded_updates):
     ranks, _ = sharded_updates
     worst = 0.0
-    for i, (loss_type, micro, _) in enumerate(CASES):
-        single = sharded_update(SINGLE, loss_type, micro, False)
+    for i, (loss_type, micro, _, recompute) in enumerate(CASES):
+        single = sharded_update(SINGLE, loss_type, micro, False, recompute)
         for rank in ranks:
             for name, value in single["stats"].items():
                 assert rank[i]["stats"][name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
