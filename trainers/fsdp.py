@@ -16,14 +16,17 @@ global batch. What sharding adds, and how it is handled here:
   so every rank runs as many forward/backward passes as the rank with the most micro-batches;
   the extra ones are zero-weight passes over a one-token dummy row (:func:`equal_passes`);
 * **gradients summed, not averaged**: each rank's loss already carries its share of the global
-  normaliser, so the reduce-scatter's divide factor is 1 (:func:`shard_model`); parameters
-  FSDP does not manage (an untied LM head) are all-reduced by :meth:`World.reduce_gradients`;
+  normaliser, so the reduce-scatter's divide factor is 1, as a plain SUM (:func:`shard_model`);
+  a parameter FSDP does not manage would still be all-reduced by
+  :meth:`World.reduce_gradients`, which skips the sharded ones;
 * **rollouts on full weights**: the embedded engine (``engine: hf``) generates with the
   trainer's own module, independently on each rank (no collective may run while generating),
   so every unit is all-gathered before the rollouts and resharded after (:func:`unsharded`):
   the full weights are in memory while generating, and ``generate`` runs with its default
   ``synced_gpus=False`` (transformers only syncs modules it sharded itself);
-* **checkpoints**: gathered into a full state dict on every rank (a collective) and written by
+* **the tied LM head** reads the embedding's current weight (:class:`TiedHead`), since FSDP
+  swaps sharded and gathered weights only on the modules inside a unit;
+* **checkpoints**: gathered into a full state dict on rank 0 (a collective) and written by
   rank 0 as a plain ``save_pretrained`` folder, loadable by one process
   (:func:`gathered_for_saving`); the optimiser state is saved gathered too (keyed by
   parameter name). A resume (same world size) reads them on every rank and keeps each rank's
@@ -32,13 +35,13 @@ global batch. What sharding adds, and how it is handled here:
 ``gradient_checkpointing`` composes with it (the recomputed layers gather their weights
 again; tested).
 
-Not supported (each refused with an error by :func:`check_supported`): LoRA (``lora: true``:
-the adapters are small; use plain data parallel), engines other than ``hf`` (a vLLM server
-would need the gathered weights pushed each step), ``beta > 0`` (the frozen reference copy would
-have to be made before sharding and sharded itself), ``max_staleness > 0`` (rollouts would run
-while the weights are sharded), PPO (its value head and minibatch passes are not padded), and
-models with an untied LM head (:func:`shard_model`). One process with ``fsdp: true`` trains
-unsharded.
+Not supported (each refused with an error, by :func:`check_supported` unless said): LoRA
+(``lora: true``: the adapters are small; use plain data parallel), engines other than ``hf`` (a
+vLLM server would need the gathered weights pushed each step), ``beta > 0`` (the frozen
+reference copy would have to be made before sharding and sharded itself), ``max_staleness > 0``
+(rollouts would run while the weights are sharded), PPO and the other trainers (``join_world``
+and ``open_session``: PPO's value head and minibatch passes are not padded), and models with an
+untied LM head (:func:`shard_model`). One process with ``fsdp: true`` trains unsharded.
 """
 
 from __future__ import annotations
