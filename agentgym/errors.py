@@ -40,12 +40,15 @@ The tree::
     │   ├── PolicyHTTPError                infra  (non-2xx answer; carries the status)
     │   │   └── ContextWindowError         model  (the chat outgrew the model's window:
     │   │                                          the rollout ends the episode as truncated)
-    │   └── TokenizationDriftError         infra  (chat template rewrote earlier turns)
+    │   ├── TokenizationDriftError         infra  (chat template rewrote earlier turns)
+    │   └── GuideError                     infra  (an exploration guide proposed no turn)
     ├── RewardError                        infra
     │   └── JudgeError                     infra  (judge call failed or reply unparseable)
     ├── WorkerLostError                    infra  (a Ray env worker died mid-episode)
     ├── EnvServerError                     infra  (an env served over HTTP failed, could not
     │                                              be reached, or its session expired)
+    ├── ToolServerError                    infra  (an MCP tool server is down, slow or died)
+    ├── SimulatorError                     infra  (a world model gave no usable tool result)
     └── AgentGymTimeoutError (TimeoutError) infra
         ├── ToolTimeoutError               model  (the model's code ran past its deadline)
         ├── AcquireTimeoutError            infra  (no sandbox free in time)
@@ -71,6 +74,7 @@ __all__ = [
     "EnvError",
     "EnvServerError",
     "EpisodeTimeoutError",
+    "GuideError",
     "ErrorRecord",
     "InvalidActionError",
     "JudgeError",
@@ -83,6 +87,7 @@ __all__ = [
     "SandboxCrashedError",
     "SandboxError",
     "SandboxUnavailableError",
+    "SimulatorError",
     "SyncTimeoutError",
     "TokenizationDriftError",
     "ToolArgumentError",
@@ -90,6 +95,7 @@ __all__ = [
     "ToolError",
     "ToolExecutionError",
     "ToolParseError",
+    "ToolServerError",
     "ToolTimeoutError",
     "UnknownEnvError",
     "UnknownToolError",
@@ -310,6 +316,22 @@ class WorkerLostError(AgentGymError):
 class EnvServerError(AgentGymError):
     """An environment played over HTTP (the OpenEnv protocol, :mod:`agentgym.interop`) failed:
     the server could not be reached, answered with an error, or closed the idle session."""
+
+
+class ToolServerError(AgentGymError):
+    """An MCP tool server (:mod:`agentgym.interop.mcp_tools`) is unreachable, did not answer in
+    time, or died."""
+
+
+class SimulatorError(AgentGymError):
+    """The world model (:mod:`agentgym.world_model`) gave no usable prediction (endpoint down,
+    deadline, empty reply): the episode is recorded with this error, never with a fake tool
+    result."""
+
+
+class GuideError(PolicyError):
+    """The exploration guide (:mod:`agentgym.guided`) could not propose a turn: an infra failure
+    of the episode, not a 0."""
 
 
 # --- timeouts -------------------------------------------------------------------------------

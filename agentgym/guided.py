@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agentgym.errors import PolicyError
+from agentgym.errors import GuideError
 from agentgym.policies.chat_tokens import prompt_ids_for
 from agentgym.policy import Completion, Policy, SamplingParams
 from agentgym.types import Task, Trajectory
@@ -60,10 +60,6 @@ __all__ = ["GUIDE_VERSION", "DemonstrationGuide", "GuideError", "GuideSettings",
 
 GUIDE_VERSION = "guide"
 """``Turn.weight_version`` of a turn the guide wrote."""
-
-
-class GuideError(PolicyError):
-    """The guide could not propose a turn (an infra failure of the episode, not a 0)."""
 
 
 def guide_turn_indices(trajectory: Trajectory) -> list[int]:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 import jsonschema
 
 from agentgym.env import AgentEnv
-from agentgym.errors import AgentGymError, ToolDefinitionError, ToolExecutionError
+from agentgym.errors import ToolDefinitionError, ToolExecutionError, ToolServerError
 from agentgym.tools import Tool
 from agentgym.types import Task, clone_json
 
@@ -61,12 +61,6 @@ logger = logging.getLogger(__name__)
 Scope = Literal["env", "episode"]
 _NAME = re.compile(r"[^a-zA-Z0-9_-]")
 _CLOSE_TIMEOUT_S = 10.0
-
-
-class ToolServerError(AgentGymError):
-    """An MCP tool server is unreachable, did not answer in time, or died (blame: infra)."""
-
-    blame = "infra"
 
 
 @dataclass(frozen=True)

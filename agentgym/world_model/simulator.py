@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agentgym.env import AgentEnv
-from agentgym.errors import AgentGymError
+from agentgym.errors import AgentGymError, SimulatorError
 from agentgym.policy import Policy, SamplingParams
 from agentgym.rewards.config import judge_client
 from agentgym.rewards.rubric import Reward, Rubric
@@ -53,13 +53,6 @@ SYSTEM_PROMPT = (
     "You are a simulator of a software tool. Given the tool's JSON schema, the conversation so "
     "far and one call of the tool, predict exactly what the tool returns. Reply with the tool's "
     "output only: no explanation, no quotes, no code fences.")
-
-
-class SimulatorError(AgentGymError):
-    """The world model gave no usable prediction (endpoint down, deadline, empty reply).
-
-    Blamed on infra: the episode is recorded with this error, never with a fake tool result.
-    """
 
 
 class ToolSimulator:
