@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,20 @@ if TYPE_CHECKING:
 __all__ = ["RunDir", "rng_state", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
+
+
+PAUSE_AFTER_CHECKPOINT = "AGENTGYM_PAUSE_AFTER_CHECKPOINT"
+"""Fault injection for kill-and-resume tests: with this variable set to N, a run stops (sleeps)
+right after its step-N checkpoint is complete, so that the test's SIGKILL lands exactly there
+however busy the machine is (polling for the checkpoint alone races fast steps)."""
+
+
+def pause_for_crash_test(step: int) -> None:
+    """Sleep for good once the step named by ``$AGENTGYM_PAUSE_AFTER_CHECKPOINT`` is saved."""
+    if os.environ.get(PAUSE_AFTER_CHECKPOINT) == str(step):
+        logger.warning("%s=%d: pausing for the test's kill", PAUSE_AFTER_CHECKPOINT, step)
+        while True:
+            time.sleep(60)
 
 
 class RunDir:
@@ -114,6 +130,7 @@ class RunDir:
         tmp.rename(final)
         for old in self.checkpoints()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        pause_for_crash_test(step)
         return final
 
     def checkpoints(self) -> list[Path]:

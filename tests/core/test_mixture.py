@@ -23,6 +23,7 @@ from agentgym.types import Task
 
 SUMS = "tests/MixSums-v0"
 WORDS = "tests/MixWords-v0"
+DIGITS = "tests/MixDigits-v0"
 
 
 @tool
@@ -49,9 +50,15 @@ def _polite(trajectory, task):
     return float("please" in trajectory.final_text)
 
 
-agentgym.register(SUMS, "agentgym.testing:ToyEnv")
-agentgym.register(WORDS, "agentgym.testing:ToyEnv", tasks=_word_tasks(), tools=[shout],
-                  rubric=Rubric([Reward("shouted", _shouted), Reward("polite", _polite, 0.0)]))
+@pytest.fixture(autouse=True)
+def _member_envs() -> None:
+    """The member envs, registered for each test (conftest removes them after it, so they never
+    reach the all-registered-envs tests)."""
+    agentgym.register(SUMS, "agentgym.testing:ToyEnv")
+    agentgym.register(WORDS, "agentgym.testing:ToyEnv", tasks=_word_tasks(), tools=[shout],
+                      rubric=Rubric([Reward("shouted", _shouted),
+                                     Reward("polite", _polite, 0.0)]))
+    agentgym.register(DIGITS, "agentgym.trainers.smoke:DigitEnv")
 
 
 def mixture(**kwargs) -> MixtureEnv:
@@ -215,8 +222,6 @@ def test_eval_on_a_mixture_reports_each_env(tmp_path):
     assert result.metadata["summary"]["by_env"][SUMS]["tasks"] == by_env[SUMS]["tasks"]
 
 
-DIGITS = "tests/MixDigits-v0"
-agentgym.register(DIGITS, "agentgym.trainers.smoke:DigitEnv")
 
 
 def test_grpo_trains_on_a_mixture_with_weighted_draws_and_per_env_metrics(tmp_path):

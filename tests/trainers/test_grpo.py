@@ -13,7 +13,7 @@ torch = require_module("torch", TRAIN_INSTALL)
 from agentgym.trainers.config import load_config  # noqa: E402
 from agentgym.trainers.grpo import GRPOConfig, train  # noqa: E402
 from agentgym.trainers.models import load_weights  # noqa: E402
-from agentgym.trainers.runs import RunDir  # noqa: E402
+from agentgym.trainers.runs import PAUSE_AFTER_CHECKPOINT, RunDir  # noqa: E402
 from agentgym.trainers.smoke import char_tokenizer, tiny_model  # noqa: E402
 
 SMOKE = "trainers/configs/smoke.yaml"
@@ -61,7 +61,8 @@ def test_killed_run_resumes_to_the_same_state(tmp_path):
             "killed", *[x for k, v in overrides.items() for x in (f"--{k}", str(v))]]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # same numerics
+                               env={**os.environ, "OMP_NUM_THREADS": "1",  # same numerics
+                                    PAUSE_AFTER_CHECKPOINT: str(4)})
     killed = tmp_path / "killed"
     deadline = time.time() + 900  # a failure detector: a busy machine trains slowly
     while not (killed / "checkpoints" / "step_4" / "state.json").exists():

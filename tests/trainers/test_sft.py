@@ -25,7 +25,7 @@ from agentgym.trainers.offline import (  # noqa: E402
     sequence_nll,
     share_prefix,
 )
-from agentgym.trainers.runs import RunDir  # noqa: E402
+from agentgym.trainers.runs import PAUSE_AFTER_CHECKPOINT, RunDir  # noqa: E402
 from agentgym.trainers.sft import SFTConfig, train  # noqa: E402
 from agentgym.trainers.smoke import DigitEnv, char_tokenizer, tiny_model  # noqa: E402
 from agentgym.trajectory_io import TrajectoryWriter  # noqa: E402
@@ -174,7 +174,8 @@ def killed_and_resumed(algorithm, config_cls, train_fn, overrides, tmp_path, kil
         args += [f"--{key}", repr(value) if isinstance(value, list | dict) else str(value)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # same numerics
+                               env={**os.environ, "OMP_NUM_THREADS": "1",  # same numerics
+                                    PAUSE_AFTER_CHECKPOINT: str(kill_at)})
     killed = tmp_path / "killed"
     deadline = time.time() + 900  # a failure detector: a busy machine trains slowly
     while not (killed / "checkpoints" / f"step_{kill_at}" / "state.json").exists():
