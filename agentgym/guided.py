@@ -56,10 +56,20 @@ from agentgym.types import Task, Trajectory
 
 __all__ = ["GUIDE_VERSION", "DemonstrationGuide", "GuideError", "GuideSettings", "GuidedPolicy",
            "HintedGuide", "end_of_turn_id", "guide_turn_indices", "guided_policy",
-           "written_turn"]
+           "settings_from_dict", "written_turn"]
 
 GUIDE_VERSION = "guide"
 """``Turn.weight_version`` of a turn the guide wrote."""
+
+
+def settings_from_dict(cls: type[Any], values: Mapping[str, Any], what: str) -> Any:
+    """``cls(**values)`` for a settings dataclass, refusing keys it does not have (a config typo
+    is an error, not ignored); ``what`` names the settings in the message."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} settings {unknown}; known: {sorted(known)}")
+    return cls(**values)
 
 
 def guide_turn_indices(trajectory: Trajectory) -> list[int]:
@@ -103,11 +113,7 @@ class GuideSettings:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> GuideSettings:
         """Settings from a config mapping; unknown keys are an error (a typo is not ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown guide settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return settings_from_dict(cls, values, "guide")
 
     def p_at(self, step: int) -> float:
         """p_explore of training step ``step`` (1-based): p_0 * decay^(step - 1)."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agentgym.errors import PolicyError
-from agentgym.guided import end_of_turn_id, written_turn
+from agentgym.guided import end_of_turn_id, settings_from_dict, written_turn
 from agentgym.policy import Completion, Policy, SamplingParams
 from agentgym.rollout import Group
 from agentgym.tokens import TokenSequence, build_token_sequence
@@ -82,11 +82,7 @@ class HierarchySettings:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> HierarchySettings:
         """Settings from a config mapping; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown hierarchy settings {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return settings_from_dict(cls, values, "hierarchy")
 
 
 def parse_subgoals(plan: str, max_subgoals: int) -> list[str]:
