@@ -182,16 +182,21 @@ def train(
 
 @app.command()
 def quickstart(
-    steps: Annotated[int | None, typer.Option(help="GRPO steps (default: the config's)")] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="GRPO steps (default: trainers/configs/quickstart.yaml's)")] = None,
+    sft_steps: Annotated[int | None, typer.Option(
+        help="SFT steps on demonstrations before GRPO; 0: GRPO only (default: "
+             "trainers/configs/quickstart_sft.yaml's)")] = None,
     eval_examples: Annotated[int, typer.Option(help="held-out tasks per eval")] = 50,
     out: Annotated[str, typer.Option(help="output folder")] = "runs/quickstart",
-    resume: Annotated[bool, typer.Option(help="continue an interrupted training run")] = False,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted stage")] = False,
 ) -> None:
-    """Evaluate SmolLM2 on Calculator-v0, train it with GRPO, evaluate again, compare."""
+    """Evaluate SmolLM2 on Calculator-v0, train it (SFT on demonstrations, then GRPO),
+    evaluate again, compare."""
     from agentgym.trainers.quickstart import quickstart as run_quickstart
 
-    run_quickstart(steps=steps, eval_examples=eval_examples, out=out, resume=resume,
-                   console=console)
+    run_quickstart(steps=steps, sft_steps=sft_steps, eval_examples=eval_examples, out=out,
+                   resume=resume, console=console)
 
 
 @app.command("compare-methods")

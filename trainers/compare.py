@@ -33,14 +33,12 @@ import agentgym
 from agentgym.eval.evaluation import evaluate
 from agentgym.jsonl import read_jsonl
 from agentgym.plots import plot_method_comparison
-from agentgym.policies.hf_engine import HFEngine
 from agentgym.policy import Policy
+from agentgym.trainers import sft_grpo
 from agentgym.trainers.cli import TRAINERS
 from agentgym.trainers.config import load_config
-from agentgym.trainers.models import load_model, load_weights
+from agentgym.trainers.models import base_engine, trained_engine
 from agentgym.trainers.rcsft import ReturnConditionedPolicy
-from agentgym.trainers.rlhf import export_policy
-from agentgym.trainers.runs import RunDir
 
 __all__ = ["CONFIGS", "MethodResult", "compare_methods", "default_methods", "format_table"]
 
@@ -83,25 +81,6 @@ def _trained_tokens(run_dir: Path) -> int:
     return int(sum(r.get("tokens", r.get("policy_tokens", 0)) or 0 for r in rows))
 
 
-def _final_policy(run_dir: Path, config: Any) -> HFEngine:
-    """The embedded engine on the base model with the run's final weights."""
-    model, tokenizer = load_model(config.model, lora=config.lora, lora_r=config.lora_r,
-                                  lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                                  lora_target_modules=config.lora_target_modules,
-                                  seed=config.seed)
-    load_weights(model, RunDir(run_dir).checkpoints()[-1] / "model", config.lora)
-    model.eval()
-    return HFEngine(model, tokenizer, max_batch_size=16)
-
-
-def _base_policy(name: str) -> HFEngine:
-    """The embedded engine on the untrained model ``name`` (as trainers load it)."""
-    model, tokenizer = load_model(name, lora=False, lora_r=0, lora_alpha=0, lora_dropout=0.0,
-                                  lora_target_modules=[], seed=0)
-    model.eval()
-    return HFEngine(model, tokenizer, max_batch_size=16)
-
-
 def _conditioned(policy: Policy, run_dir: Path, env_id: str,
                  env_kwargs: dict[str, Any]) -> Policy:
     """RCSFT's policy asked for the highest return of its data."""
@@ -122,41 +101,44 @@ def _evaluate(label: str, policy: Policy, env_id: str, out: Path, examples: int,
     return result.summary["mean_reward"], result.summary["ci95"]
 
 
-def _train(method: str, run_name: str, env_id: str, steps: int, out: Path,
-           overrides: dict[str, Any], env_kwargs: dict[str, Any]) -> tuple[Path, Any, float]:
-    """Train ``method`` with its config; returns (run folder, config, wall seconds)."""
-    config_cls, train = TRAINERS[method]()
+def _config(method: str, run_name: str, env_id: str, steps: int, out: Path,
+            overrides: dict[str, Any], env_kwargs: dict[str, Any]) -> Any:
+    """``method``'s config: its YAML, then the env, the budget, the run folder, overrides."""
+    config_cls, _ = TRAINERS[method]()
     path = CONFIG_DIR / CONFIGS.get(method, f"{method}.yaml")
     base = load_config(config_cls, path if path.exists() else None)
-    config = load_config(config_cls, path if path.exists() else None, {
+    return load_config(config_cls, path if path.exists() else None, {
         "env_id": env_id, "env_kwargs": {**base.env_kwargs, **env_kwargs}, "max_steps": steps,
         "save_steps": steps, "output_dir": str(out / "train"), "run_name": run_name,
         "report_to": [], **overrides})
+
+
+def _train(method: str, env_id: str, steps: int, out: Path, overrides: dict[str, dict[str, Any]],
+           env_kwargs: dict[str, Any]) -> tuple[Path, Any, float, int]:
+    """Train ``method``; returns (its final run folder, that run's config, wall seconds,
+    trained tokens). ``sft_grpo`` is SFT for ``steps`` steps, then GRPO for ``steps`` steps
+    from the SFT policy (LoRA merged; :mod:`agentgym.trainers.sft_grpo`)."""
+    if method == "sft_grpo":
+        sft_config = _config("sft", "sft_grpo-sft", env_id, steps, out, overrides["sft"],
+                             env_kwargs)
+        grpo_config = _config("grpo", method, env_id, steps, out, overrides["grpo"], env_kwargs)
+        started = time.perf_counter()
+        runs = sft_grpo.train(sft_config, grpo_config, out / "train" / "sft_grpo-policy")
+        wall = time.perf_counter() - started
+        tokens = sum(_trained_tokens(run) for run in (runs.sft_run, runs.grpo_run) if run)
+        return runs.grpo_run, runs.grpo_config, wall, tokens
+    config = _config(method, method, env_id, steps, out, overrides[method], env_kwargs)
     started = time.perf_counter()
-    run_dir = Path(train(config))
-    return run_dir, config, time.perf_counter() - started
+    run_dir = Path(TRAINERS[method]()[1](config))
+    return run_dir, config, time.perf_counter() - started, _trained_tokens(run_dir)
 
 
 def _run_method(method: str, env_id: str, steps: int, out: Path,
                 overrides: dict[str, dict[str, Any]], env_kwargs: dict[str, Any],
                 eval_examples: int, eval_env_kwargs: dict[str, Any]) -> MethodResult:
-    """Train and evaluate one method; ``sft_grpo`` is SFT for ``steps`` steps, then GRPO
-    for ``steps`` steps from the SFT policy (LoRA merged)."""
-    if method == "sft_grpo":
-        sft_run, _, sft_s = _train("sft", "sft_grpo-sft", env_id, steps, out,
-                                   overrides["sft"], env_kwargs)
-        start = out / "train" / "sft_grpo-policy"
-        if not start.exists():
-            export_policy(sft_run, start)
-        run_dir, config, train_s = _train("grpo", method, env_id, steps, out,
-                                          {**overrides["grpo"], "model": str(start)},
-                                          env_kwargs)
-        train_s, tokens = train_s + sft_s, _trained_tokens(run_dir) + _trained_tokens(sft_run)
-    else:
-        run_dir, config, train_s = _train(method, method, env_id, steps, out,
-                                          overrides[method], env_kwargs)
-        tokens = _trained_tokens(run_dir)
-    policy: Policy = _final_policy(run_dir, config)
+    """Train and evaluate one method."""
+    run_dir, config, train_s, tokens = _train(method, env_id, steps, out, overrides, env_kwargs)
+    policy: Policy = trained_engine(run_dir, config)
     if method == "rcsft":
         policy = _conditioned(policy, run_dir, env_id, eval_env_kwargs)
     try:
@@ -194,7 +176,7 @@ def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
     for method in methods or default_methods():
         try:
             if method == "base":
-                policy = _base_policy(model)
+                policy = base_engine(model)
                 try:
                     success, ci = _evaluate("base", policy, env_id, out / "eval",
                                             eval_examples, max_tokens, eval_env_kwargs)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from agentgym.policies.hf_engine import HFEngine
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["enable_gradient_checkpointing", "load_model", "load_weights"]
+__all__ = ["base_engine", "enable_gradient_checkpointing", "load_model", "load_weights",
+           "trained_engine"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +101,30 @@ def load_weights(model: torch.nn.Module, folder: Path, lora: bool) -> None:
     if real_missing or unexpected:
         raise RuntimeError(f"checkpoint mismatch: missing {real_missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
+
+
+def trained_engine(run_dir: str | Path, config: Any) -> HFEngine:
+    """The embedded engine (CPU) serving ``config.model`` with the newest checkpoint of the
+    training run ``run_dir`` (its LoRA adapters, or its full weights); ``config`` is the run's
+    trainer config (model and LoRA fields)."""
+    from agentgym.trainers.runs import RunDir  # torch
+
+    checkpoints = RunDir(run_dir).checkpoints()
+    if not checkpoints:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint to serve")
+    model, tokenizer = load_model(config.model, lora=config.lora, lora_r=config.lora_r,
+                                  lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                                  lora_target_modules=config.lora_target_modules,
+                                  seed=config.seed)
+    load_weights(model, checkpoints[-1] / "model", config.lora)
+    model.eval()
+    return HFEngine(model, tokenizer, max_batch_size=16)
+
+
+def base_engine(name: str) -> HFEngine:
+    """The embedded engine (CPU) serving the untrained model ``name``, loaded as the trainers
+    load it (``"tiny"``, ``"smollm2"`` or a local folder)."""
+    model, tokenizer = load_model(name, lora=False, lora_r=0, lora_alpha=0, lora_dropout=0.0,
+                                  lora_target_modules=[], seed=0)
+    model.eval()
+    return HFEngine(model, tokenizer, max_batch_size=16)

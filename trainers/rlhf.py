@@ -45,7 +45,7 @@ import yaml
 from agentgym.trainers import ppo, reward_model, sft
 from agentgym.trainers.config import config_to_dict, load_config
 from agentgym.trainers.models import load_model, load_weights
-from agentgym.trainers.runs import RunDir
+from agentgym.trainers.runs import RunDir, last_step
 
 __all__ = ["RLHFConfig", "export_policy", "train"]
 
@@ -120,7 +120,7 @@ def train(config: RLHFConfig, resume: str | Path | None = None) -> Path:
     if not (policy / "config.json").exists():
         sft_config = _stage(sft.SFTConfig, config.sft, output_dir=str(out), run_name="sft")
         run = out / "sft"
-        sft.train(sft_config, resume=run if _last_step(run) else None)
+        sft.train(sft_config, resume=run if last_step(run) else None)
         export_policy(run, policy)
     rm_run = out / "reward_model"
     if not (rm_run / "heldout.json").exists():
@@ -130,14 +130,7 @@ def train(config: RLHFConfig, resume: str | Path | None = None) -> Path:
     ppo_config = _stage(ppo.PPOConfig, config.ppo, model=str(policy),
                         rewards=_rewards(config, rm_run), output_dir=str(out), run_name="ppo")
     run = out / "ppo"
-    if _last_step(run) < ppo_config.max_steps:
-        ppo.train(ppo_config, resume=run if _last_step(run) else None)
+    if last_step(run) < ppo_config.max_steps:
+        ppo.train(ppo_config, resume=run if last_step(run) else None)
     return out
 
-
-def _last_step(run: Path) -> int:
-    """The step of ``run``'s newest checkpoint (0: none, or no run yet)."""
-    if not run.exists():
-        return 0
-    checkpoints = RunDir(run).checkpoints()
-    return int(checkpoints[-1].name.removeprefix("step_")) if checkpoints else 0

@@ -40,7 +40,7 @@ from agentgym.types import Trajectory
 if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["RunDir", "rng_state", "set_rng_state"]
+__all__ = ["RunDir", "last_step", "rng_state", "set_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,16 @@ class RunDir:
         for tracker in self._trackers:
             tracker.close()
         self._trackers = []
+
+
+def last_step(run: str | Path) -> int:
+    """The step of the newest complete checkpoint of the run folder ``run`` (0: none, or no
+    run yet); what a chain of stages compares with a stage's ``max_steps`` to skip or resume
+    it."""
+    if not Path(run).exists():
+        return 0
+    checkpoints = RunDir(run).checkpoints()
+    return int(checkpoints[-1].name.removeprefix("step_")) if checkpoints else 0
 
 
 def rng_state() -> dict[str, Any]:

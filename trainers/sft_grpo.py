@@ -1,0 +1,107 @@
+"""SFT on demonstrations, then GRPO from the SFT policy: the chain behind ``agentgym
+quickstart`` and the ``sft_grpo`` method of ``agentgym compare-methods``.
+
+Three stages, each with its own output:
+
+1. **SFT** (:mod:`agentgym.trainers.sft`, run folder ``sft_config.output_dir/run_name``):
+   ``pi_SFT = argmin_theta -E_{(x, y) ~ D} sum_t log pi_theta(y_t | x, y_<t)`` on the
+   demonstrations ``D`` (the loss on the assistant's tokens only);
+2. **export** (:func:`agentgym.trainers.rlhf.export_policy`): pi_SFT's final weights as a plain
+   Hugging Face folder (``policy``; LoRA merged into the base weights);
+3. **GRPO** (:mod:`agentgym.trainers.grpo`, its own run folder) with ``model = policy``: fresh
+   LoRA adapters on top of pi_SFT, trained with GRPO's clipped group-relative objective
+   ``-E[min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps_high) A_i)]``,
+   ``A_i = (r_i - mean(r)) / (std(r) + eps)`` over each task's group of episodes.
+
+Without an SFT config the chain is GRPO alone, on the GRPO config's own model.
+
+``resume=True`` continues whichever stage was interrupted: a stage whose run reached its
+``max_steps`` is not redone, an interrupted one continues from its newest checkpoint, and an
+exported policy is reused (the export writes a temporary folder and renames it, so the folder
+is either complete or absent). ``resume=False`` starts every stage anew (removing the stages'
+earlier outputs, which would otherwise mix into the new runs' logs and checkpoints).
+
+No deviation from the two trainers: each stage is the trainer unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentgym.trainers import grpo, sft
+from agentgym.trainers.common import run_folder
+from agentgym.trainers.rlhf import export_policy
+from agentgym.trainers.runs import last_step
+
+__all__ = ["ChainRuns", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChainRuns:
+    """Where the chain's stages went (``sft_run`` and ``policy`` are None without SFT)."""
+
+    sft_run: Path | None
+    policy: Path | None
+    grpo_run: Path
+    grpo_config: grpo.GRPOConfig
+    """The GRPO config as trained (its ``model`` is ``policy`` after SFT)."""
+
+
+def train(sft_config: sft.SFTConfig | None, grpo_config: grpo.GRPOConfig,
+          policy: str | Path, resume: bool = False,
+          on_stage: Callable[[str], None] | None = None) -> ChainRuns:
+    """Run (or, with ``resume``, finish) SFT -> export to ``policy`` -> GRPO from it; with
+    ``sft_config`` None, GRPO alone. Both configs need a ``run_name`` (a fixed run folder is
+    what ``resume`` finds again). ``on_stage`` is called with ``"sft"`` and ``"grpo"`` as
+    each stage begins (e.g. to print a header)."""
+    announce = on_stage or (lambda name: None)
+    grpo_run = _run_dir(grpo_config)
+    sft_run = _run_dir(sft_config) if sft_config is not None else None
+    policy = Path(policy)
+    if not resume:
+        for stale in (sft_run, policy, policy.with_name(policy.name + ".tmp"), grpo_run):
+            if stale is not None and stale.exists():
+                logger.info("starting anew: removing %s", stale)
+                shutil.rmtree(stale)
+    if sft_config is None or sft_run is None:
+        announce("grpo")
+        _run_stage(grpo.train, grpo_config, grpo_run)
+        return ChainRuns(None, None, grpo_run, grpo_config)
+    announce("sft")
+    if (policy / "config.json").exists():
+        logger.info("reusing the exported SFT policy %s", policy)
+    else:
+        _run_stage(sft.train, sft_config, sft_run)
+        shutil.rmtree(policy.with_name(policy.name + ".tmp"), ignore_errors=True)
+        export_policy(sft_run, policy)
+    grpo_config = dataclasses.replace(grpo_config, model=str(policy))
+    announce("grpo")
+    _run_stage(grpo.train, grpo_config, grpo_run)
+    return ChainRuns(sft_run, policy, grpo_run, grpo_config)
+
+
+def _run_dir(config: Any) -> Path:
+    if not config.run_name:
+        raise ValueError("the chain needs each stage's run_name (its run folder must not "
+                         "depend on the time it started)")
+    return run_folder(config.output_dir, config.run_name, config.env_id)
+
+
+def _run_stage(train_stage: Callable[..., Path], config: Any, run: Path) -> None:
+    """Train ``config`` in ``run`` unless it already reached ``max_steps``; continue from the
+    newest checkpoint if there is one (a folder without any is started again, cleanly)."""
+    done = last_step(run)
+    if done >= config.max_steps:
+        logger.info("%s is complete (step %d): not redone", run, done)
+        return
+    if done == 0 and run.exists():
+        shutil.rmtree(run)
+    train_stage(config, resume=run if done else None)
