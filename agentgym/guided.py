@@ -15,24 +15,50 @@ Guide turns are written into the policy's own tokens (the guide's text, tool cal
 token) and tagged ``weight_version == GUIDE_VERSION`` on the :class:`~agentgym.types.Turn`
 (:func:`guide_turn_indices`), so they are told apart in trajectories and samples.
 
-Off-policy correction: **importance weighting, not masking.** Guide tokens keep loss mask 1 and
-are recorded with the behaviour logprob of a deterministic proposal, log mu(a_t) = 0. The GRPO
-loss already takes its ratio against the recorded sampling logprobs, so on a guide token
+Off-policy correction (``correction`` in the ``guide:`` block). Guide tokens keep loss mask 1:
+masking them would leave the policy no gradient towards the guide's actions, so in the
+sparse-reward case this exists for (a policy that never writes a tool call) it could never learn
+to write one. They are recorded with the behaviour logprob of a deterministic proposal,
+log mu(a_t) = 0, and :func:`~agentgym.tokens.build_token_sequence` marks them
+(``TokenSequence.guide_mask``, ``Batch.guide``); the trainer's ``correction`` decides what that
+logprob becomes in GRPO's ratio rho_t = pi_theta(a_t | s_t) / pi_old(a_t | s_t):
 
-    rho_t = pi_theta(a_t | s_t) / mu(a_t | s_t) = pi_theta(a_t | s_t)   (<= 1)
+* ``as_policy`` (the default): the guide's tokens are treated as if the policy had sampled them.
+  When the update begins, their old logprob is the current policy's own, detached:
+  log pi_old(a_t) := sg[log pi_theta(a_t)] (``trainers/losses.as_policy_logp``), so
 
-and the clipped objective min(rho_t A, clip(rho_t) A) gives, for A > 0, the importance-weighted
-gradient A * rho_t * grad log pi_theta = A * grad pi_theta(a_t); for A < 0 the clip (rho_t below
-1 - epsilon) zeroes it, so a failed guided episode never pushes the policy away from the guide.
-Why not masking: with loss mask 0 on guide tokens the policy gets no gradient towards the guide's
-actions, only towards its own later turns; in the sparse-reward case this exists for (a policy
-that never writes a tool call) it would never learn to write one, and its unguided success would
-stay 0. Why mu = 1: the guide's own token probabilities are in another tokenizer (an endpoint) or
-undefined (a demonstration); 1 is the largest possible value, so the weight errs small (the
-policy's own probability of the guide's token), never large. The exact per-turn behaviour
-probability would be p * 1 + (1 - p) * pi_old(a); ignoring the second term again only
-under-weights. The policy's own turns in a guided episode keep their sampled logprobs
-(on-policy), and the env reward credits the whole episode.
+      rho_t = 1 at the first pass,   grad min(rho_t A, clip(rho_t) A) = A * grad log pi_theta(a_t)
+
+  for either sign of A: the plain policy-gradient term at full weight, i.e. for A > 0 SFT on the
+  guide's tokens scaled by A (later passes, ``num_iterations > 1``, clip against that pi_old as
+  on the policy's own tokens; with ``tis_cap`` the truncated-IS weight of a guide token is 1).
+  Biased towards the guide: on-policy, E_{a ~ pi}[A grad log pi(a)] weights an action by
+  pi(a), while a guide action here has weight 1 whatever pi(a), so the update pulls pi towards
+  the guide. That is the point while p_explore decays: the bias is confined to the guide's turns,
+  a share p_0 * decay^(step - 1) of them, and goes with it. For A < 0 the guide's tokens are
+  pushed down like the policy's own; when every episode of a group shares a guide turn, its
+  terms cancel (the group's advantages sum to 0; exactly so for ``loss_type`` dapo and
+  dr_grpo, which weigh every token alike), so a guide turn is pushed up only by the reward it
+  adds over the group's other episodes. PPO always trains guide tokens this way (its pi_old is the
+  trainer's recomputation on every token) and refuses ``importance``.
+* ``importance``: log mu = 0 stays the old logprob, so on a guide token
+
+      rho_t = pi_theta(a_t | s_t) / mu(a_t | s_t) = pi_theta(a_t | s_t)   (<= 1)
+
+  and the clipped objective gives, for A > 0, A * rho_t * grad log pi_theta = A * grad
+  pi_theta(a_t); for A < 0 the clip (rho_t below 1 - epsilon) zeroes it, so a failed guided
+  episode never pushes the policy away from the guide. The weight pi_theta(a_t) is the one the
+  on-policy gradient gives that action, so this stays close to the policy's own gradient: the
+  exact behaviour probability of a guide turn is b = p + (1 - p) * pi_old(a) <= 1, so mu = 1
+  errs small (the weight pi/1 is b times the exact pi/b, b >= p), never large. Its cost is the
+  same property: where the guide is needed, pi_theta(a_t) is tiny (SmolLM2-135M gives the first
+  token of ``<tool_call>`` about 0.003 on Calculator-v0 without demos), and A * grad pi =
+  pi * (A * grad log pi) is that factor smaller than ``as_policy``'s term: the weight scales
+  the guide's action back to how often the policy itself would take it, so the guided turns
+  barely move the policy (measured: README, "guided exploration").
+
+The policy's own turns in a guided episode keep their sampled logprobs (on-policy) under either
+correction, and the env reward credits the whole episode.
 
 A guide that fails (server down, no demonstration, a bad reply) raises :class:`GuideError` (a
 :class:`~agentgym.errors.PolicyError`): the rollout engine records the episode as an infra
@@ -52,14 +78,14 @@ from typing import Any
 from agentgym.errors import GuideError
 from agentgym.policies.chat_tokens import prompt_ids_for
 from agentgym.policy import Completion, Policy, SamplingParams
-from agentgym.types import Task, Trajectory
+from agentgym.types import GUIDE_VERSION, Task, Trajectory
 
-__all__ = ["GUIDE_VERSION", "DemonstrationGuide", "GuideError", "GuideSettings", "GuidedPolicy",
-           "HintedGuide", "end_of_turn_id", "guide_turn_indices", "guided_policy",
-           "settings_from_dict", "written_turn"]
+__all__ = ["CORRECTIONS", "GUIDE_VERSION", "DemonstrationGuide", "GuideError", "GuideSettings",
+           "GuidedPolicy", "HintedGuide", "end_of_turn_id", "guide_correction",
+           "guide_turn_indices", "guided_policy", "settings_from_dict", "written_turn"]
 
-GUIDE_VERSION = "guide"
-"""``Turn.weight_version`` of a turn the guide wrote."""
+CORRECTIONS = ("as_policy", "importance")
+"""The off-policy corrections of guide tokens (module docstring)."""
 
 
 def settings_from_dict(cls: type[Any], values: Mapping[str, Any], what: str) -> Any:
@@ -70,6 +96,14 @@ def settings_from_dict(cls: type[Any], values: Mapping[str, Any], what: str) -> 
     if unknown:
         raise ValueError(f"unknown {what} settings {unknown}; known: {sorted(known)}")
     return cls(**values)
+
+
+def guide_correction(guide: GuideSettings | Mapping[str, Any] | None) -> str | None:
+    """The ``correction`` of a trainer config's ``guide:`` block (None: no guide)."""
+    if guide is None:
+        return None
+    settings = guide if isinstance(guide, GuideSettings) else GuideSettings.from_dict(guide)
+    return settings.correction
 
 
 def guide_turn_indices(trajectory: Trajectory) -> list[int]:
@@ -88,6 +122,9 @@ class GuideSettings:
         p_explore: probability that the guide writes a turn at step 1.
         decay: p_explore is multiplied by this every step (1: constant).
         seed: seeds the per-turn choice.
+        correction: how the trainer weighs guide tokens: ``"as_policy"`` (as if the policy
+            had sampled them: ratio 1, gradient A * grad log pi) or ``"importance"`` (ratio
+            pi_theta / mu with mu = 1: gradient A * grad pi); see the module docstring.
         base_url, model, hint: per kind, see above.
     """
 
@@ -95,6 +132,7 @@ class GuideSettings:
     p_explore: float = 0.5
     decay: float = 1.0
     seed: int = 0
+    correction: str = "as_policy"
     base_url: str | None = None
     model: str = "guide"
     hint: str | None = None
@@ -105,6 +143,10 @@ class GuideSettings:
                              f"{self.kind!r}")
         if not 0.0 <= self.p_explore <= 1.0 or not 0.0 < self.decay <= 1.0:
             raise ValueError("guide p_explore must be in [0, 1] and decay in (0, 1]")
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"guide correction must be one of {list(CORRECTIONS)} (as_policy: "
+                             f"ratio 1 on guide tokens; importance: ratio pi_theta / mu, mu = 1), "
+                             f"not {self.correction!r}")
         if self.kind == "endpoint" and not self.base_url:
             raise ValueError("guide kind 'endpoint' needs base_url")
         if self.kind == "hint" and not self.hint:

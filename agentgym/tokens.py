@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agentgym.errors import TokenizationDriftError
-from agentgym.types import Trajectory
+from agentgym.types import GUIDE_VERSION, Trajectory
 
 __all__ = ["TokenSequence", "build_token_sequence"]
 
@@ -34,6 +34,9 @@ class TokenSequence:
         loss_mask: per response token, 1 for policy tokens and 0 for env tokens.
         logprobs: per response token, the sampling logprob (0.0 where the mask is 0).
         weight_versions: the weight version of each turn, in order.
+        guide_mask: per response token, 1 on the tokens of turns a guide wrote
+            (``weight_version == GUIDE_VERSION``, :mod:`agentgym.guided`), whose logprobs are the
+            guide's behaviour logprob, not the policy's; empty: no guide token.
     """
 
     prompt_ids: tuple[int, ...]
@@ -41,6 +44,7 @@ class TokenSequence:
     loss_mask: tuple[int, ...]
     logprobs: tuple[float, ...]
     weight_versions: tuple[str | int | None, ...]
+    guide_mask: tuple[int, ...] = ()
 
     @property
     def num_policy_tokens(self) -> int:
@@ -71,6 +75,7 @@ def build_token_sequence(trajectory: Trajectory) -> TokenSequence:
     ids: list[int] = []
     mask: list[int] = []
     logprobs: list[float] = []
+    guide: list[int] = []
     history = list(prompt)
     for turn in turns:
         if turn.index > 0:
@@ -78,14 +83,17 @@ def build_token_sequence(trajectory: Trajectory) -> TokenSequence:
             ids += env_tokens
             mask += [0] * len(env_tokens)
             logprobs += [0.0] * len(env_tokens)
+            guide += [0] * len(env_tokens)
             history += env_tokens
         ids += turn.completion_token_ids
         mask += [1] * len(turn.completion_token_ids)
         logprobs += turn.logprobs
+        guide += [int(turn.weight_version == GUIDE_VERSION)] * len(turn.completion_token_ids)
         history += turn.completion_token_ids
     return TokenSequence(prompt_ids=tuple(prompt), response_ids=tuple(ids), loss_mask=tuple(mask),
                          logprobs=tuple(logprobs),
-                         weight_versions=tuple(t.weight_version for t in turns))
+                         weight_versions=tuple(t.weight_version for t in turns),
+                         guide_mask=tuple(guide) if any(guide) else ())
 
 
 def _env_tokens(history: list[int], prompt: tuple[int, ...], index: int) -> list[int]:

@@ -18,7 +18,12 @@ from agentgym.errors import ErrorRecord
 Role = Literal["system", "user", "assistant", "tool"]
 Split = Literal["train", "eval"]
 
-__all__ = ["Message", "Role", "Split", "Task", "ToolCall", "ToolResult", "Trajectory", "Turn"]
+__all__ = ["GUIDE_VERSION", "Message", "Role", "Split", "Task", "ToolCall", "ToolResult",
+           "Trajectory", "Turn"]
+
+GUIDE_VERSION = "guide"
+"""``Turn.weight_version`` of a turn an exploration guide wrote (:mod:`agentgym.guided`), not the
+policy: its logprobs are not the policy's sampling logprobs."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,8 @@ class Turn:
         prompt_token_ids: the prompt the policy saw for this turn.
         completion_token_ids: the tokens it generated.
         logprobs: one sampling logprob per completion token.
-        weight_version: the policy weights that produced the turn.
+        weight_version: the policy weights that produced the turn (:data:`GUIDE_VERSION`: a
+            guide wrote it).
     """
 
     index: int

@@ -50,6 +50,8 @@ class Batch:
         mask: ``[B, R]`` 1 on policy tokens (the loss mask), 0 on env tokens and padding.
         sampler_logp: ``[B, R]`` logprobs the sampling policy reported (0 where mask is 0).
         advantages: ``[B]`` one advantage (or episode score) per sequence.
+        guide: ``[B, R]`` 1 on tokens an exploration guide wrote (``TokenSequence.guide_mask``;
+            their ``sampler_logp`` is the guide's behaviour logprob), or None if none did.
     """
 
     prompt_ids: torch.Tensor
@@ -60,6 +62,7 @@ class Batch:
     mask: torch.Tensor
     sampler_logp: torch.Tensor
     advantages: torch.Tensor
+    guide: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.targets.shape[0]
@@ -78,7 +81,8 @@ class Batch:
                      prompt_attention=self.prompt_attention[used][:, -width:],
                      prompt_of=prompt_of, targets=self.targets[index],
                      response_attention=self.response_attention[index], mask=self.mask[index],
-                     sampler_logp=self.sampler_logp[index], advantages=self.advantages[index])
+                     sampler_logp=self.sampler_logp[index], advantages=self.advantages[index],
+                     guide=None if self.guide is None else self.guide[index])
 
 
 def _padded(rows: Sequence[Sequence[float]], width: int, fill: float,
@@ -101,6 +105,10 @@ def pack(sequences: Sequence[TokenSequence], advantages: Sequence[float], pad_id
     ones = [[1] * len(p) for p in distinct]
     long = {"dtype": torch.long, "device": device}
     real = {"dtype": torch.float32, "device": device}
+    guide = None
+    if any(s.guide_mask for s in sequences):  # [B, R]
+        guide = torch.tensor(_padded([s.guide_mask or (0,) * len(s.response_ids)
+                                      for s in sequences], resp, 0.0), **real)
     return Batch(
         prompt_ids=torch.tensor(_padded(distinct, width, pad_id, left=True), **long),  # [U, P]
         prompt_attention=torch.tensor(_padded(ones, width, 0, left=True), **long),  # [U, P]
@@ -111,7 +119,8 @@ def pack(sequences: Sequence[TokenSequence], advantages: Sequence[float], pad_id
             _padded([[1] * len(s.response_ids) for s in sequences], resp, 0), **long),  # [B, R]
         mask=torch.tensor(_padded([s.loss_mask for s in sequences], resp, 0.0), **real),
         sampler_logp=torch.tensor(_padded([s.logprobs for s in sequences], resp, 0.0), **real),
-        advantages=torch.tensor(list(advantages), **real))  # [B]
+        advantages=torch.tensor(list(advantages), **real),  # [B]
+        guide=guide)
 
 
 def micro_slices(batch: Batch, max_rows: int, max_tokens: int | None = None) -> list[slice]:

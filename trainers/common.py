@@ -221,8 +221,9 @@ class TrainerConfig:
     (the slowest rank's rollouts included) before the run fails instead of hanging."""
     guide: dict[str, Any] | None = None
     """LLM-guided exploration (:mod:`agentgym.guided`): ``{kind: demonstration | endpoint |
-    hint, p_explore: 0.5, decay: 0.9, ...}``; a guide writes each turn with probability
-    p_explore * decay^(step - 1), its tokens importance-weighted. None: the policy alone."""
+    hint, p_explore: 0.5, decay: 0.9, correction: as_policy | importance, ...}``; a guide writes
+    each turn with probability p_explore * decay^(step - 1), its tokens trained as if the policy
+    had sampled them (as_policy) or importance-weighted. None: the policy alone."""
     turn_timeout_s: float | None = 120.0
     """Deadline of one policy turn during rollouts (a turn past it is an infra error and its
     group is dropped); raise it on a slow or shared machine. None: no deadline."""

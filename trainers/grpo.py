@@ -25,6 +25,10 @@ Deviations from the paper, each a known improvement and each a config switch:
   a sampler (vLLM) whose numbers differ from the trainer's;
 * multi-turn: tool and user tokens between turns are in the sequence (the model conditions on
   them) but masked out of the loss;
+* LLM-guided exploration (``guide:``, :mod:`agentgym.guided`): tokens a guide wrote are
+  trained like the policy's; their pi_old is the policy's own logprob at the update's start
+  (``correction: as_policy``, ratio 1, gradient A * grad log pi) or the recorded log mu = 0
+  (``importance``, ratio pi_theta, gradient A * grad pi);
 * groups whose G rewards are all equal have zero advantage and are skipped (logged as
   ``zero_variance_groups``); groups with an infra failure are dropped (``dropped_groups``).
 * ``max_staleness: k > 0`` (async pipeline, ``trainers/pipeline.py``): the rollouts of the
@@ -64,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from agentgym.guided import guide_correction
 from agentgym.policies.devices import module_device
 from agentgym.rollout import Group
 from agentgym.trainers.batch import Batch, micro_batches, pack, policy_logprobs
@@ -90,6 +95,7 @@ from agentgym.trainers.fsdp import (
 from agentgym.trainers.losses import (
     AGGREGATIONS,
     KL_ESTIMATORS,
+    as_policy_logp,
     clipped_policy_loss,
     group_advantages,
     masked_mean,
@@ -139,6 +145,7 @@ class GRPOConfig(TrainerConfig):
             raise ValueError("num_generations must be >= 2: advantages are relative in a group")
         if self.max_staleness < 0:
             raise ValueError("max_staleness must be >= 0 (0: the on-policy loop)")
+        guide_correction(self.guide)  # a bad guide: block fails here, before the model loads
         if self.max_staleness > 0 and (self.engine == "vllm_colocated"
                                        or (self.engine == "vllm" and not self.lora)):
             raise ValueError(
@@ -195,17 +202,13 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
     pads = 0
     if world.sharded:  # FSDP: as many passes as the busiest rank (zero-weight padding)
         micro, pads = equal_passes(micro, world, module_device(model))
-    old = [mb.sampler_logp for mb in micro]
-    weights: list[torch.Tensor | None] = [None] * len(micro)
-    if config.tis_cap is not None:  # recompute pi_old with the trainer's own numerics
-        with torch.no_grad(), autocast_for(model, config):
-            old = [policy_logprobs(model, mb, config.temperature, chunk_tokens=chunk)[0]
-                   for mb in micro]
-        weights = [truncated_importance_weights(o, mb.sampler_logp, config.tis_cap)
-                   for o, mb in zip(old, micro, strict=True)]
+    old, weights = old_logprobs(model, micro, config)
+    # correction as_policy (agentgym.guided): guide tokens' pi_old is the policy's own logprob,
+    # taken from the first pass's forward (with tis_cap, old_logprobs already recomputed it)
+    guide_as_policy = guide_correction(config.guide) == "as_policy" and config.tis_cap is None
     refs = [ref(mb) for mb in micro] if ref is not None else [None] * len(micro)
     stats: dict[str, float] = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
-    for _ in range(config.num_iterations):
+    for iteration in range(config.num_iterations):
         optimizer.zero_grad(set_to_none=True)
         for index, (mb, old_logp, weight, ref_logp) in enumerate(
                 zip(micro, old, weights, refs, strict=True)):
@@ -214,6 +217,8 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
             if index >= len(micro) - pads:  # padding: FSDP's collectives, a zero gradient
                 (logp.sum() * 0.0).backward()
                 continue
+            if guide_as_policy and iteration == 0:  # ratio 1 on guide tokens at the first pass
+                old_logp = old[index] = as_policy_logp(old_logp, logp, mb.guide)
             loss_tok, clipped = clipped_policy_loss(logp, old_logp, mb.advantages,
                                                     config.epsilon, config.epsilon_high)
             if weight is not None:
@@ -236,6 +241,27 @@ def update(model: torch.nn.Module, ref: ReferenceLogprobs | None,
     n = config.num_iterations
     summed = world.sum({k: v for k, v in stats.items() if k != "grad_norm"})
     return {**{k: v / n for k, v in summed.items()}, "grad_norm": stats["grad_norm"]}
+
+
+def old_logprobs(model: torch.nn.Module, micro: list[Batch], config: GRPOConfig,
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Per micro-batch, pi_old's logprobs ``[b, R]`` and the truncated-IS weights (None each
+    without ``tis_cap``): the sampler's recorded logprobs, or with ``tis_cap`` the trainer's
+    own recomputation, weighted by ``min(pi_trainer_old / behaviour, tis_cap)``, where a guide
+    token's behaviour logprob is the recomputed one under ``correction: as_policy`` (weight 1)
+    and the recorded log mu = 0 under ``importance``."""
+    if config.tis_cap is None:
+        return [mb.sampler_logp for mb in micro], [None] * len(micro)
+    with torch.no_grad(), autocast_for(model, config):
+        old = [policy_logprobs(model, mb, config.temperature,
+                               chunk_tokens=config.logprob_chunk_tokens)[0] for mb in micro]
+    as_policy = guide_correction(config.guide) == "as_policy"
+    behaviour = [as_policy_logp(mb.sampler_logp, o, mb.guide) if as_policy else mb.sampler_logp
+                 for o, mb in zip(old, micro, strict=True)]
+    weights: list[torch.Tensor | None] = [
+        truncated_importance_weights(o, b, config.tis_cap)
+        for o, b in zip(old, behaviour, strict=True)]
+    return old, weights
 
 
 def draw_tasks(s: TrainingSession[GRPOConfig]) -> list[str]:

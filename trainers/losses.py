@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "clipped_policy_loss", "entropy_from_logits",
-           "gae", "group_advantages", "masked_mean", "token_logprobs",
+__all__ = ["AGGREGATIONS", "KL_ESTIMATORS", "as_policy_logp", "clipped_policy_loss",
+           "entropy_from_logits", "gae", "group_advantages", "masked_mean", "token_logprobs",
            "truncated_importance_weights", "value_loss"]
 
 
@@ -86,6 +86,18 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * advantages  # [B, T]
     loss = -torch.minimum(unclipped, clipped)  # [B, T]
     return loss, (clipped < unclipped).float()
+
+
+def as_policy_logp(behaviour_logp: torch.Tensor, own_logp: torch.Tensor,
+                   guide: torch.Tensor | None) -> torch.Tensor:
+    """Old logprobs ``[B, T]`` with guide tokens treated as the policy's own samples: where
+    ``guide`` is 1 the recorded behaviour logprob is replaced by ``own_logp`` detached, so the
+    ratio there is 1 at the first pass and the clipped loss's gradient is A * grad log pi
+    (``agentgym.guided``, ``correction: as_policy``); elsewhere ``behaviour_logp`` is kept."""
+    if guide is None:
+        return behaviour_logp
+    own = own_logp.detach().to(behaviour_logp.dtype)  # [B, T]
+    return torch.where(guide > 0, own, behaviour_logp)  # [B, T]
 
 
 def truncated_importance_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor,

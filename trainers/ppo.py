@@ -43,6 +43,9 @@ Deviations from the paper and the RLHF recipe:
 * pi_old is the trainer's recomputation on the sampled tokens (the ratio starts at exactly 1),
   not the sampler's logprobs; with vLLM the samples stay off-policy by the sampler/trainer
   mismatch, uncorrected;
+* with a ``guide:`` (:mod:`agentgym.guided`), the guide's tokens are trained like the
+  policy's own: that recomputed pi_old makes their ratio 1 (``correction: as_policy``, the only
+  one PPO accepts);
 * advantages are whitened once per step over the whole batch (TRL), not per minibatch;
 * the sampling temperature divides the trainer's logits (as in GRPO and TRL).
 
@@ -69,6 +72,7 @@ from typing import Any
 
 import torch
 
+from agentgym.guided import guide_correction
 from agentgym.policies.devices import module_device
 from agentgym.rollout import Group
 from agentgym.tokens import TokenSequence
@@ -145,6 +149,10 @@ class PPOConfig(TrainerConfig):
         if self.max_staleness != 0:
             raise ValueError("PPO trains on-policy only: max_staleness must be 0 (the async "
                              "rollout pipeline, max_staleness > 0, is GRPO's)")
+        if guide_correction(self.guide) == "importance":
+            raise ValueError("PPO trains guide tokens with correction as_policy (its pi_old is "
+                             "the trainer's recomputation on every token); guide correction "
+                             "'importance' is GRPO's")
 
 
 @dataclass
