@@ -41,6 +41,20 @@ def test_trainer_configs_check_the_correction_when_built():
     PPOConfig(guide={"correction": "as_policy"})
 
 
+def test_the_shipped_guided_config_uses_as_policy_and_its_baseline_drops_the_guide():
+    require_train_stack()
+    from pathlib import Path
+
+    from agentgym.trainers.config import load_config
+    from agentgym.trainers.grpo import GRPOConfig
+
+    path = Path(__file__).resolve().parents[2] / "trainers/configs/guided_calculator.yaml"
+    assert guide_correction(load_config(GRPOConfig, path).guide) == "as_policy"
+    assert load_config(GRPOConfig, path, ["--guide", "null"]).guide is None
+    with pytest.raises(ValueError, match="guide correction must be one of"):
+        load_config(GRPOConfig, path, ["--guide", "{kind: demonstration, correction: mu}"])
+
+
 def test_guide_tokens_are_marked_in_the_sequence_and_the_batch():
     turns = (Turn(index=0, assistant={}, prompt_token_ids=(1, 2), completion_token_ids=(3, 4),
                   logprobs=(0.0, 0.0), weight_version=GUIDE_VERSION),
