@@ -310,6 +310,9 @@ async def one_step(step: int, s: TrainingSession[GRPOConfig],
     counts = {"zero_variance_groups": zero_variance, "dropped_groups": dropped,
               "drift_dropped": drift, "episodes": sum(len(g.trajectories) for g in groups),
               **async_counts}
+    if config.guide is not None:  # of policy_tokens, how many a guide wrote
+        counts["guide_tokens"] = int(batch.guide.sum()) if batch is not None \
+            and batch.guide is not None else 0
     return s.log_step(step, groups, stats, timings, counts, batch)
 
 

@@ -267,5 +267,6 @@ def test_grpo_steps_train_on_guide_turns_with_decaying_p(tmp_path):
     assert first and all(t["weight_version"] == GUIDE_VERSION
                          for s in first for t in s["turns"])
     assert rows[0]["policy_tokens"] > 0 and rows[0]["grad_norm"] > 0  # guide tokens trained
+    assert rows[0]["guide_tokens"] == rows[0]["policy_tokens"]  # p = 1: all written by the guide
     second = [t["weight_version"] for s in samples if s["step"] == 2 for t in s["turns"]]
     assert 0 < second.count(GUIDE_VERSION) < len(second)  # p = 0.5 at step 2
