@@ -123,13 +123,14 @@ def _steps(value: int | None) -> dict[str, int]:
     return {} if value is None else {"max_steps": value}
 
 
+def _count(steps: int) -> str:
+    return f"{steps} step{'' if steps == 1 else 's'}"
+
+
 def trained_label(sft: SFTConfig | None, grpo: GRPOConfig) -> str:
     """What a quickstart trains, e.g. ``"SFT (4 steps) + GRPO (14 steps)"``."""
-    def count(n: int) -> str:
-        return f"{n} step{'' if n == 1 else 's'}"
-
-    label = f"GRPO ({count(grpo.max_steps)})"
-    return label if sft is None else f"SFT ({count(sft.max_steps)}) + {label}"
+    label = f"GRPO ({_count(grpo.max_steps)})"
+    return label if sft is None else f"SFT ({_count(sft.max_steps)}) + {label}"
 
 
 def _model_label(model: str) -> str:
@@ -172,10 +173,10 @@ def quickstart(steps: int | None = None, eval_examples: int = 50, out: str | Pat
     before = _evaluate(_model_label(config.model), base, out / "eval", eval_examples,
                        config.max_completion_length)
     asyncio.run(base.aclose())
-    headers = {"sft": f"SFT + LoRA on {ENV_ID}'s demonstrations, {sft_config.max_steps} "
-                      f"steps of {sft_config.batch_size} (train split)" if sft_config else "",
+    headers = {"sft": f"SFT + LoRA on {ENV_ID}'s demonstrations, {_count(sft_config.max_steps)} "
+                      f"of {sft_config.batch_size} (train split)" if sft_config else "",
                "grpo": f"GRPO + LoRA{' from the SFT policy' if sft_config else ''}, "
-                       f"{config.max_steps} steps on {ENV_ID} (train split)"}
+                       f"{_count(config.max_steps)} on {ENV_ID} (train split)"}
     runs = sft_grpo.train(sft_config, config, out / "train" / "sft_policy", resume=resume,
                           on_stage=lambda name: stage.next(headers[name]))
     stage.next("evaluate the trained model on the same tasks")
