@@ -183,10 +183,9 @@ def train(
 @app.command()
 def quickstart(
     steps: Annotated[int | None, typer.Option(
-        help="GRPO steps (default: trainers/configs/quickstart.yaml's)")] = None,
+        help="GRPO steps (default: quickstart.yaml's)")] = None,
     sft_steps: Annotated[int | None, typer.Option(
-        help="SFT steps on demonstrations before GRPO; 0: GRPO only (default: "
-             "trainers/configs/quickstart_sft.yaml's)")] = None,
+        help="SFT steps before GRPO, 0: none (default: quickstart_sft.yaml's)")] = None,
     eval_examples: Annotated[int, typer.Option(help="held-out tasks per eval")] = 50,
     out: Annotated[str, typer.Option(help="output folder")] = "runs/quickstart",
     resume: Annotated[bool, typer.Option(help="continue the interrupted stage")] = False,
