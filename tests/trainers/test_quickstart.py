@@ -125,3 +125,21 @@ def test_quickstart_sft_then_grpo_and_resume(tmp_path, monkeypatch):
                          console=Console(record=True, width=120), overrides=SMALL)
     assert [r["step"] for r in read_jsonl(resumed.run_dir / "metrics.jsonl")] == [1, 2]
     assert resumed.trained == "SFT (1 step) + GRPO (2 steps)"
+
+
+def test_the_cli_passes_sft_steps_and_steps(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from agentgym import cli
+    from agentgym.trainers import quickstart as module
+
+    calls = []
+    monkeypatch.setattr(module, "quickstart", lambda **kwargs: calls.append(kwargs))
+    args = ["quickstart", "--sft-steps", "0", "--steps", "3", "--out", str(tmp_path), "--resume"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    assert {k: calls[0][k] for k in ("sft_steps", "steps", "out", "resume")} == \
+        {"sft_steps": 0, "steps": 3, "out": str(tmp_path), "resume": True}
+    CliRunner().invoke(cli.app, ["quickstart"])
+    assert calls[1]["sft_steps"] is None and calls[1]["steps"] is None  # the YAML files' values
