@@ -18,7 +18,9 @@ Without an SFT config the chain is GRPO alone, on the GRPO config's own model.
 ``resume=True`` continues whichever stage was interrupted: a stage whose run reached its
 ``max_steps`` is not redone, an interrupted one continues from its newest checkpoint, and an
 exported policy is reused (the export writes a temporary folder and renames it, so the folder
-is either complete or absent). ``resume=False`` starts every stage anew (removing the stages'
+is either complete or absent); resuming with other step counts than a finished stage was
+trained for is refused (its output is not the one asked for). ``resume=False`` starts every
+stage anew (removing the stages'
 earlier outputs, which would otherwise mix into the new runs' logs and checkpoints).
 
 No deviation from the two trainers: each stage is the trainer unchanged.
@@ -77,6 +79,7 @@ def train(sft_config: sft.SFTConfig | None, grpo_config: grpo.GRPOConfig,
         return ChainRuns(None, None, grpo_run, grpo_config)
     announce("sft")
     if (policy / "config.json").exists():
+        _check_done(sft_run, sft_config.max_steps, "its exported policy")
         logger.info("reusing the exported SFT policy %s", policy)
     else:
         _run_stage(sft.train, sft_config, sft_run)
@@ -99,9 +102,20 @@ def _run_stage(train_stage: Callable[..., Path], config: Any, run: Path) -> None
     """Train ``config`` in ``run`` unless it already reached ``max_steps``; continue from the
     newest checkpoint if there is one (a folder without any is started again, cleanly)."""
     done = last_step(run)
-    if done >= config.max_steps:
+    if done > config.max_steps:
+        _check_done(run, config.max_steps, "it")
+    if done == config.max_steps:
         logger.info("%s is complete (step %d): not redone", run, done)
         return
     if done == 0 and run.exists():
         shutil.rmtree(run)
     train_stage(config, resume=run if done else None)
+
+
+def _check_done(run: Path, max_steps: int, what: str) -> None:
+    """Refuse to resume onto a stage that was trained for another number of steps (its output
+    would not be the one asked for)."""
+    done = last_step(run)
+    if done != max_steps:
+        raise ValueError(f"cannot resume: {run} was trained for {done} steps, not {max_steps}, "
+                         f"and {what} would be reused; run again without resume to start anew")

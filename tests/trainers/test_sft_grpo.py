@@ -108,6 +108,14 @@ def test_resume_continues_an_interrupted_sft(tmp_path):
     assert (runs.policy / "config.json").exists() and last_step(runs.grpo_run) == 1
 
 
+def test_resume_with_other_step_counts_than_a_finished_stage_is_refused(chain):
+    tmp_path, runs = chain
+    with pytest.raises(ValueError, match="trained for 2 steps, not 3"):
+        sft_grpo.train(*configs(tmp_path, sft_steps=3), runs.policy, resume=True)
+    with pytest.raises(ValueError, match="trained for 2 steps, not 1"):
+        sft_grpo.train(*configs(tmp_path, grpo_steps=1), runs.policy, resume=True)
+
+
 def test_without_resume_every_stage_starts_anew(chain):
     tmp_path, runs = chain
     (runs.policy / "stale.txt").write_text("from an earlier run")
