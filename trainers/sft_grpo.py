@@ -20,8 +20,8 @@ Without an SFT config the chain is GRPO alone, on the GRPO config's own model.
 exported policy is reused (the export writes a temporary folder and renames it, so the folder
 is either complete or absent); resuming with other step counts than a finished stage was
 trained for is refused (its output is not the one asked for). ``resume=False`` starts every
-stage anew (removing the stages'
-earlier outputs, which would otherwise mix into the new runs' logs and checkpoints).
+stage anew (removing the stages' earlier outputs, which would otherwise mix into the new runs'
+logs and checkpoints).
 
 No deviation from the two trainers: each stage is the trainer unchanged.
 """
