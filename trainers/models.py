@@ -103,10 +103,20 @@ def load_weights(model: torch.nn.Module, folder: Path, lora: bool) -> None:
                            f"unexpected {unexpected[:5]}")
 
 
-def trained_engine(run_dir: str | Path, config: Any) -> HFEngine:
-    """The embedded engine (CPU) serving ``config.model`` with the newest checkpoint of the
-    training run ``run_dir`` (its LoRA adapters, or its full weights); ``config`` is the run's
-    trainer config (model and LoRA fields)."""
+def _serve(model: Any, tokenizer: Any, device: str) -> HFEngine:
+    """The embedded engine over ``model`` moved to ``device`` (``"auto"``: the GPU when one is
+    visible, as the trainers place their models), in eval mode."""
+    from agentgym.policies.devices import resolve_device
+
+    model.to(resolve_device(device))
+    model.eval()
+    return HFEngine(model, tokenizer, max_batch_size=16)
+
+
+def trained_engine(run_dir: str | Path, config: Any, device: str = "auto") -> HFEngine:
+    """The embedded engine (on ``device``) serving ``config.model`` with the newest checkpoint
+    of the training run ``run_dir`` (its LoRA adapters, or its full weights); ``config`` is the
+    run's trainer config (model and LoRA fields)."""
     from agentgym.trainers.runs import RunDir  # torch
 
     checkpoints = RunDir(run_dir).checkpoints()
@@ -117,14 +127,12 @@ def trained_engine(run_dir: str | Path, config: Any) -> HFEngine:
                                   lora_target_modules=config.lora_target_modules,
                                   seed=config.seed)
     load_weights(model, checkpoints[-1] / "model", config.lora)
-    model.eval()
-    return HFEngine(model, tokenizer, max_batch_size=16)
+    return _serve(model, tokenizer, device)
 
 
-def base_engine(name: str) -> HFEngine:
-    """The embedded engine (CPU) serving the untrained model ``name``, loaded as the trainers
-    load it (``"tiny"``, ``"smollm2"`` or a local folder)."""
+def base_engine(name: str, device: str = "auto") -> HFEngine:
+    """The embedded engine (on ``device``) serving the untrained model ``name``, loaded as the
+    trainers load it (``"tiny"``, ``"smollm2"`` or a local folder)."""
     model, tokenizer = load_model(name, lora=False, lora_r=0, lora_alpha=0, lora_dropout=0.0,
                                   lora_target_modules=[], seed=0)
-    model.eval()
-    return HFEngine(model, tokenizer, max_batch_size=16)
+    return _serve(model, tokenizer, device)
