@@ -204,11 +204,13 @@ def compare_methods(
     steps: Annotated[int, typer.Option(help="optimiser steps per method (the budget)")] = 12,
     methods: Annotated[str | None, typer.Option(
         help="comma-separated (default: base and every trainer of sft, rft, rcsft, grpo, "
-             "dpo)")] = None,
+             "dpo; also sft_grpo, sft_rft, sft_dpo: SFT first)")] = None,
     eval_examples: Annotated[int, typer.Option(help="held-out tasks")] = 50,
     env_kwargs: Annotated[str, typer.Option(
         help="env arguments (YAML/JSON) for training and eval")] = "{demos: 2, max_turns: 2}",
     out: Annotated[str, typer.Option(help="output folder")] = "runs/compare",
+    resume: Annotated[bool, typer.Option(
+        help="keep the finished rows already in OUT (train only the other methods)")] = False,
 ) -> None:
     """Train each method on one env and budget; one table of held-out success and a plot."""
     import yaml
@@ -219,7 +221,8 @@ def compare_methods(
                        env_kwargs=yaml.safe_load(env_kwargs) or {},
                        on_result=lambda r: console.print(f"{r.method}: {r.success:.3f} ± "
                                                          f"{r.ci95:.3f}" if r.error is None
-                                                         else f"{r.method}: {r.error}"))
+                                                         else f"{r.method}: {r.error}"),
+                       resume=resume)
     console.print(f"{len(rows)} methods; table: {out}/comparison.md, plot: "
                   f"{out}/comparison.png")
 

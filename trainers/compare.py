@@ -2,8 +2,8 @@
 on the same held-out tasks, and write one table and one plot.
 
 For every method (``sft``, ``rft``, ``rcsft``, ``grpo``, and ``dpo`` when trainers/dpo.py is
-there; ``base`` is the untrained model; ``sft_grpo`` is SFT then GRPO from the SFT policy,
-``steps`` steps each):
+there; ``base`` is the untrained model; ``sft_grpo``, ``sft_rft`` and ``sft_dpo`` are SFT on
+demonstrations, then GRPO, RFT or DPO from the SFT policy, ``steps`` steps each):
 
 1. load its config (``trainers/configs/<method>.yaml``, ``quickstart.yaml`` for ``grpo``; the
    trainer's defaults otherwise) and override the env, the model, the engine and
@@ -14,7 +14,9 @@ there; ``base`` is the untrained model; ``sft_grpo`` is SFT then GRPO from the S
 4. write ``OUT/comparison.md`` / ``.json`` (held-out success with its 95 % CI, training wall
    time, trained tokens = the loss's tokens summed over steps) and ``OUT/comparison.png``.
 
-A method that fails is a row with its error, not the end of the comparison.
+A method that fails is a row with its error, not the end of the comparison. With ``resume``,
+the rows already in ``OUT/comparison.json`` (same env, steps and held-out tasks, no error) are
+kept, not trained again: an interrupted comparison continues with the methods it has not done.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from agentgym.trainers.config import load_config
 from agentgym.trainers.models import base_engine, trained_engine
 from agentgym.trainers.rcsft import ReturnConditionedPolicy
 
-__all__ = ["CONFIGS", "MethodResult", "compare_methods", "default_methods", "format_table"]
+__all__ = ["CHAINS", "CONFIGS", "MethodResult", "compare_methods", "default_methods",
+           "format_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,17 +116,23 @@ def _config(method: str, run_name: str, env_id: str, steps: int, out: Path,
         "report_to": [], **overrides})
 
 
+CHAINS = ("sft_grpo", "sft_rft", "sft_dpo")
+"""SFT on demonstrations for ``steps`` steps, then the named trainer for ``steps`` steps from
+the SFT policy (LoRA merged; :mod:`agentgym.trainers.sft_grpo`)."""
+
+
 def _train(method: str, env_id: str, steps: int, out: Path, overrides: dict[str, dict[str, Any]],
            env_kwargs: dict[str, Any]) -> tuple[Path, Any, float, int]:
     """Train ``method``; returns (its final run folder, that run's config, wall seconds,
-    trained tokens). ``sft_grpo`` is SFT for ``steps`` steps, then GRPO for ``steps`` steps
-    from the SFT policy (LoRA merged; :mod:`agentgym.trainers.sft_grpo`)."""
-    if method == "sft_grpo":
-        sft_config = _config("sft", "sft_grpo-sft", env_id, steps, out, overrides["sft"],
+    trained tokens; a chain's are both stages' together)."""
+    if method in CHAINS:
+        then = method.removeprefix("sft_")
+        sft_config = _config("sft", f"{method}-sft", env_id, steps, out, overrides["sft"],
                              env_kwargs)
-        grpo_config = _config("grpo", method, env_id, steps, out, overrides["grpo"], env_kwargs)
+        then_config = _config(then, method, env_id, steps, out, overrides[then], env_kwargs)
         started = time.perf_counter()
-        runs = sft_grpo.train(sft_config, grpo_config, out / "train" / "sft_grpo-policy")
+        runs = sft_grpo.train(sft_config, then_config, out / "train" / f"{method}-policy",
+                              trainer=TRAINERS[then]()[1])
         wall = time.perf_counter() - started
         tokens = sum(_trained_tokens(run) for run in (runs.sft_run, runs.grpo_run) if run)
         return runs.grpo_run, runs.grpo_config, wall, tokens
@@ -156,7 +165,7 @@ def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
                     eval_env_kwargs: dict[str, Any] | None = None, max_tokens: int = 48,
                     overrides: dict[str, dict[str, Any]] | None = None,
                     on_result: Callable[[MethodResult], None] | None = None,
-                    ) -> list[MethodResult]:
+                    resume: bool = False) -> list[MethodResult]:
     """Train and evaluate each method (see the module docstring); returns the rows and writes
     ``OUT/comparison.{md,json,png}``.
 
@@ -167,15 +176,20 @@ def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
             their config's ``max_completion_length``).
         overrides: method -> config fields to set (e.g. ``{"sft": {"batch_size": 4}}``);
             the key ``"*"`` applies to every trained method (e.g. ``{"device": "cuda"}``).
+        resume: keep the finished rows of an earlier comparison in ``out`` (see above).
     """
     out = Path(out)
     env_kwargs = dict(env_kwargs or {})
     eval_env_kwargs = dict(env_kwargs if eval_env_kwargs is None else eval_env_kwargs)
     agentgym.spec(env_id)  # fail early on a typo
+    done = _finished_rows(out, env_id, steps, eval_examples) if resume else {}
     rows: list[MethodResult] = []
     for method in methods or default_methods():
         try:
-            if method == "base":
+            if method in done:
+                logger.info("%s: kept from %s", method, out / "comparison.json")
+                row = done[method]
+            elif method == "base":
                 policy = base_engine(model)
                 try:
                     success, ci = _evaluate("base", policy, env_id, out / "eval",
@@ -183,14 +197,14 @@ def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
                 finally:
                     asyncio.run(policy.aclose())
                 row = MethodResult("base", success, ci)
-            elif method not in TRAINERS and method != "sft_grpo":
-                raise ValueError(f"unknown method {method!r}; choose from base, sft_grpo, "
-                                 f"{', '.join(sorted(TRAINERS))}")
+            elif method not in TRAINERS and method not in CHAINS:
+                raise ValueError(f"unknown method {method!r}; choose from base, "
+                                 f"{', '.join(CHAINS)}, {', '.join(sorted(TRAINERS))}")
             else:
                 given = overrides or {}
                 fields = {name: {"model": model, "engine": engine, **given.get("*", {}),
                                  **given.get(name, {})}
-                          for name in {method, "sft", "grpo"}}
+                          for name in {method, "sft", method.removeprefix("sft_")}}
                 row = _run_method(method, env_id, steps, out, fields, env_kwargs,
                                   eval_examples, eval_env_kwargs)
         except Exception as exc:  # one method's failure is its row, not the end of the table
@@ -201,6 +215,22 @@ def compare_methods(env_id: str = "agentgym/Calculator-v0", steps: int = 12,
             on_result(row)
         _write(rows, out, env_id, steps, eval_examples)
     return rows
+
+
+def _finished_rows(out: Path, env_id: str, steps: int, examples: int,
+                   ) -> dict[str, MethodResult]:
+    """The error-free rows of ``out/comparison.json`` if it was made with the same env, steps
+    and held-out tasks (else none: they would not be comparable)."""
+    path = out / "comparison.json"
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    if (saved.get("env_id"), saved.get("steps"), saved.get("eval_examples")) != \
+            (env_id, steps, examples):
+        logger.warning("%s is from another setting; not resuming from it", path)
+        return {}
+    rows = (MethodResult(**row) for row in saved.get("rows", []))
+    return {row.method: row for row in rows if row.error is None}
 
 
 def format_table(rows: Sequence[MethodResult], env_id: str, steps: int, examples: int) -> str:

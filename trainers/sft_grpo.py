@@ -1,5 +1,6 @@
-"""SFT on demonstrations, then GRPO from the SFT policy: the chain behind ``agentgym
-quickstart`` and the ``sft_grpo`` method of ``agentgym compare-methods``.
+"""SFT on demonstrations, then GRPO (or another trainer) from the SFT policy: the chain behind
+``agentgym quickstart`` and the ``sft_grpo``, ``sft_rft`` and ``sft_dpo`` methods of ``agentgym
+compare-methods``.
 
 Three stages, each with its own output:
 
@@ -13,7 +14,10 @@ Three stages, each with its own output:
    ``-E[min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps_high) A_i)]``,
    ``A_i = (r_i - mean(r)) / (std(r) + eps)`` over each task's group of episodes.
 
-Without an SFT config the chain is GRPO alone, on the GRPO config's own model.
+Without an SFT config the chain is GRPO alone, on the GRPO config's own model. ``trainer``
+swaps GRPO in stage 3 for any trainer whose config has a ``model`` (RFT: rejection sampling
+needs a policy that sometimes succeeds, which the untrained SmolLM2 on Calculator-v0 never
+does; DPO: its online pairs need groups whose rewards differ).
 
 ``resume=True`` continues whichever stage was interrupted: a stage whose run reached its
 ``max_steps`` is not redone, an interrupted one continues from its newest checkpoint, and an
@@ -53,17 +57,20 @@ class ChainRuns:
     sft_run: Path | None
     policy: Path | None
     grpo_run: Path
-    grpo_config: grpo.GRPOConfig
-    """The GRPO config as trained (its ``model`` is ``policy`` after SFT)."""
+    """The last stage's run (GRPO's, or the ``trainer`` given)."""
+    grpo_config: Any
+    """The last stage's config as trained (its ``model`` is ``policy`` after SFT)."""
 
 
-def train(sft_config: sft.SFTConfig | None, grpo_config: grpo.GRPOConfig,
+def train(sft_config: sft.SFTConfig | None, grpo_config: Any,
           policy: str | Path, resume: bool = False,
-          on_stage: Callable[[str], None] | None = None) -> ChainRuns:
+          on_stage: Callable[[str], None] | None = None,
+          trainer: Callable[..., Path] = grpo.train) -> ChainRuns:
     """Run (or, with ``resume``, finish) SFT -> export to ``policy`` -> GRPO from it; with
     ``sft_config`` None, GRPO alone. Both configs need a ``run_name`` (a fixed run folder is
     what ``resume`` finds again). ``on_stage`` is called with ``"sft"`` and ``"grpo"`` as
-    each stage begins (e.g. to print a header)."""
+    each stage begins (e.g. to print a header). ``trainer`` (with ``grpo_config`` its
+    config) replaces GRPO as the last stage, e.g. ``rft.train`` with an RFT config."""
     announce = on_stage or (lambda name: None)
     grpo_run = _run_dir(grpo_config)
     sft_run = _run_dir(sft_config) if sft_config is not None else None
@@ -75,7 +82,7 @@ def train(sft_config: sft.SFTConfig | None, grpo_config: grpo.GRPOConfig,
                 shutil.rmtree(stale)
     if sft_config is None or sft_run is None:
         announce("grpo")
-        _run_stage(grpo.train, grpo_config, grpo_run)
+        _run_stage(trainer, grpo_config, grpo_run)
         return ChainRuns(None, None, grpo_run, grpo_config)
     announce("sft")
     if (policy / "config.json").exists():
@@ -87,7 +94,7 @@ def train(sft_config: sft.SFTConfig | None, grpo_config: grpo.GRPOConfig,
         export_policy(sft_run, policy)
     grpo_config = dataclasses.replace(grpo_config, model=str(policy))
     announce("grpo")
-    _run_stage(grpo.train, grpo_config, grpo_run)
+    _run_stage(trainer, grpo_config, grpo_run)
     return ChainRuns(sft_run, policy, grpo_run, grpo_config)
 
 
