@@ -28,7 +28,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -332,6 +332,20 @@ def make_rollout_engine(config: TrainerConfig, policy: Policy, group_size: int) 
                                        turn_timeout_s=config.turn_timeout_s))
 
 
+def _warn_dropped(step: int, groups: Sequence[Group]) -> None:
+    """Say when infra errors dropped groups, with the first error: a step (or an RFT round)
+    whose groups are all dropped trains on nothing, which metrics alone show only as NaN."""
+    dropped = [g for g in groups if g.dropped]
+    if not dropped:
+        return
+    first = next((e for g in dropped for e in g.errors), None)
+    cause = f"{first.type}: {first.message}" if first is not None else "unknown"
+    logger.warning("step %d: %d of %d groups dropped for infra errors (first: %s)%s", step,
+                   len(dropped), len(groups), cause[:300],
+                   "; on a slow or shared machine raise turn_timeout_s"
+                   if first is not None and first.type == "EpisodeTimeoutError" else "")
+
+
 def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
                    warmup_steps: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
     """AdamW over the trainable parameters, constant learning rate after a linear warm-up."""
@@ -530,6 +544,7 @@ class TrainingSession(Generic[ConfigT]):
             self.engine.policy.set_p(GuideSettings.from_dict(self.config.guide).p_at(step))
         self.resampled_before = self.engine.resampled
         groups = await self.engine.run_groups(self.world.shard(task_ids))
+        _warn_dropped(step, groups)
         if self.config.hierarchy is not None:  # train one level: the other's turns are context
             from agentgym.hierarchical import trained_groups
 

@@ -56,3 +56,24 @@ def test_rft_keeps_successes_trains_and_resumes_mid_round_after_a_kill(tmp_path)
             assert all(t["reward"] >= 0.05 for t in kept)
             assert len(kept) == rows[3 * r]["kept"]
     assert rows[0]["kept"] > 0 and "loss" in rows[0]  # something to train on from round 0
+
+
+def test_dropped_groups_are_reported_with_their_first_error(caplog):
+    """A round whose groups are all dropped trains on nothing; the log says why (and, for a
+    turn deadline, which knob to raise) instead of leaving only NaN metrics."""
+    from agentgym.trainers.common import _warn_dropped
+
+    late = Trajectory(env_id="e", task_id="a", messages=(), reward=None,
+                      error=ErrorRecord("EpisodeTimeoutError", "infra",
+                                        "policy turn exceeded 120.0s"))
+    groups = [Group("a", (late, episode("a", 1.0)), dropped=True),
+              Group("b", (episode("b", 1.0), episode("b", 0.0)))]
+    with caplog.at_level("WARNING", logger="agentgym.trainers.common"):
+        _warn_dropped(3, groups)
+    assert "step 3: 1 of 2 groups dropped" in caplog.text
+    assert "EpisodeTimeoutError: policy turn exceeded 120.0s" in caplog.text
+    assert "raise turn_timeout_s" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="agentgym.trainers.common"):
+        _warn_dropped(4, groups[1:])
+    assert caplog.text == ""
