@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -759,3 +760,18 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self._bar.stop()
+
+
+@contextlib.contextmanager
+def group_progress(label: str, total: int, enabled: bool = True,
+                   console: Console | None = None) -> Iterator[Callable[..., None]]:
+    """A rich progress bar over rollout groups (``label``, done/total, elapsed, ETA) for the
+    long collection phases outside the step loop (mining pairs, a round's episodes); yields the
+    ``on_group`` callback that advances it. ``console``: where to draw (default: the terminal)."""
+    bar = RichProgress(TextColumn(label), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                       TextColumn("eta"), TimeRemainingColumn(), disable=not enabled,
+                       console=console)
+    task = bar.add_task(label, total=total)
+    with bar:
+        yield lambda _group=None: bar.advance(task)
+

@@ -57,6 +57,7 @@ from agentgym.trainers.batch import Batch, pack
 from agentgym.trainers.common import (
     TrainingSession,
     autocast_for,
+    group_progress,
     load_trainee,
     open_session,
     precision,
@@ -224,7 +225,8 @@ async def mine_split(s: TrainingSession[RewardModelConfig], split: str,
     try:
         engine.set_sampling(step_sampling(config, 0 if split == "train" else 1))
         ids = [t.id for t in engine.tasks][:count]
-        groups = await engine.run_groups(ids)
+        with group_progress(f"mining {split} pairs", len(ids), s.world.is_main) as advance:
+            groups = await engine.run_groups(ids, on_group=advance)
     finally:
         await engine.aclose()
     mined = mine_pairs(groups)

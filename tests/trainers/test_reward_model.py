@@ -146,3 +146,25 @@ def test_the_rubric_term_imports_without_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_mining_shows_a_progress_bar_over_groups():
+    """Mining pairs is the long part of a reward-model run: the bar counts groups done of all."""
+    import io
+
+    from rich.console import Console
+
+    from agentgym.trainers.common import group_progress
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=100)
+    with group_progress("mining train pairs", 3, console=console) as advance:
+        advance()
+        advance(object())  # the rollout engine passes the finished group
+    text = out.getvalue()
+    assert "mining train pairs" in text and "2/3" in text
+    quiet = io.StringIO()
+    with group_progress("mining eval pairs", 3, enabled=False,
+                        console=Console(file=quiet)) as advance:
+        advance()
+    assert quiet.getvalue() == ""
