@@ -100,9 +100,16 @@ def test_device_and_dtype_names_resolve():
 
 
 def test_pack_makes_every_tensor_on_the_requested_device():
-    batch = pack(sequences(char_tokenizer()), [1.0] * 6, 0, device="meta")
+    seqs = sequences(char_tokenizer())
+    # one reply written by an exploration guide, so the optional guide tensor exists too
+    seqs[1] = dataclasses.replace(seqs[1], guide_mask=(1,) * len(seqs[1].response_ids))
+    batch = pack(seqs, [1.0] * 6, 0, device="meta")
     for field in dataclasses.fields(batch):
         assert getattr(batch, field.name).device.type == "meta", field.name
+    plain = pack(sequences(char_tokenizer()), [1.0] * 6, 0, device="meta")
+    assert plain.guide is None  # no guide: no tensor (the one optional field)
+    assert all(getattr(plain, f.name).device.type == "meta"
+               for f in dataclasses.fields(plain) if f.name != "guide")
 
 
 def test_trainer_and_engine_make_no_tensor_without_a_device():
