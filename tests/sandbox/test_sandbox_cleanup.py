@@ -17,7 +17,8 @@ import pytest
 pytestmark = pytest.mark.docker
 
 CHILD = """
-import asyncio, sys
+import asyncio, faulthandler, signal, sys
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's stack dump on a hang
 from agentgym.sandbox import SandboxConfig, SandboxPool
 
 async def main():
@@ -38,12 +39,26 @@ def _pool_containers(docker_client, pool_id: str) -> list[str]:
 
 def _start_child(action: str) -> tuple[subprocess.Popen[str], str]:
     code = textwrap.dedent(CHILD).replace("{action}", action)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
     pool_id = proc.stdout.readline().strip()
     assert pool_id, "child did not start its pool"
     return proc, pool_id
+
+
+def _wait_or_dump(proc: subprocess.Popen[str], timeout: float) -> int:
+    """The child's exit status; if it has not exited in ``timeout`` s, fail with every thread's
+    stack (faulthandler, SIGUSR1) and kill it, so a hang says where it is and leaks no process."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"the child did not exit {timeout:.0f} s after the signal; its threads:\n{err}")
 
 
 def _wait_gone(docker_client, pool_id: str, timeout: float) -> list[str]:
@@ -57,13 +72,13 @@ def test_ctrl_c_leaves_nothing(docker_client) -> None:
     proc, pool_id = _start_child("await asyncio.sleep(3600)")
     assert len(_pool_containers(docker_client, pool_id)) == 2
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=180)  # a failure detector, not a speed target: a busy machine is slow
+    _wait_or_dump(proc, 180)  # a failure detector, not a speed target: a busy machine is slow
     assert _pool_containers(docker_client, pool_id) == []
 
 
 def test_exception_leaves_nothing(docker_client) -> None:
     proc, pool_id = _start_child("raise RuntimeError('boom')")
-    assert proc.wait(timeout=180) != 0
+    assert _wait_or_dump(proc, 180) != 0
     assert _pool_containers(docker_client, pool_id) == []
 
 
