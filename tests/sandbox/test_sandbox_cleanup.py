@@ -19,6 +19,9 @@ pytestmark = pytest.mark.docker
 CHILD = """
 import asyncio, faulthandler, signal, sys
 faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's stack dump on a hang
+# Ctrl-C as a terminal delivers it: a test run started in the background (`nohup ... &`, a CI
+# runner) passes SIGINT down ignored, and then asyncio.run never installs its handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from agentgym.sandbox import SandboxConfig, SandboxPool
 
 async def main():
