@@ -774,4 +774,3 @@ def group_progress(label: str, total: int, enabled: bool = True,
     task = bar.add_task(label, total=total)
     with bar:
         yield lambda _group=None: bar.advance(task)
-

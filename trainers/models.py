@@ -12,11 +12,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentgym.policies.hf_engine import HFEngine
-
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
+
+    from agentgym.policies.hf_engine import HFEngine
 
 __all__ = ["base_engine", "enable_gradient_checkpointing", "load_model", "load_weights",
            "trained_engine"]
@@ -107,6 +107,7 @@ def _serve(model: Any, tokenizer: Any, device: str) -> HFEngine:
     """The embedded engine over ``model`` moved to ``device`` (``"auto"``: the GPU when one is
     visible, as the trainers place their models), in eval mode."""
     from agentgym.policies.devices import resolve_device
+    from agentgym.policies.hf_engine import HFEngine
 
     model.to(resolve_device(device))
     model.eval()

@@ -36,6 +36,7 @@ pretraining-gradient mix (PPO-ptx); LoRA throughout by default.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ def export_policy(run: str | Path, out: str | Path) -> Path:
     if lora:
         model = model.merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # an interrupted export's leftovers
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     tmp.rename(out)  # complete or absent: a later run skips the stage only when it is there

@@ -90,7 +90,6 @@ def train(sft_config: sft.SFTConfig | None, grpo_config: Any,
         logger.info("reusing the exported SFT policy %s", policy)
     else:
         _run_stage(sft.train, sft_config, sft_run)
-        shutil.rmtree(policy.with_name(policy.name + ".tmp"), ignore_errors=True)
         export_policy(sft_run, policy)
     grpo_config = dataclasses.replace(grpo_config, model=str(policy))
     announce("grpo")
